@@ -1,0 +1,120 @@
+"""Arrow schemas of the store's tables.
+
+Every shard carries its table name and `SCHEMA_VERSION` in the Parquet key-value metadata
+(`dypo.table`, `dypo.schema_version`); readers check both and name the file when they differ.
+
+Tables
+- prompts:  one row per prompt; `answer` is the gold answer the verifier compares against.
+- traces:   one row per completion (teacher trace, policy rollout or eval sample). Policy rollouts
+            carry the token ids and the sampling logprob of each completion token.
+- verdicts: one row per (trace, verifier settings); kept apart so traces are never rewritten.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+TABLE_KEY = b"dypo.table"
+VERSION_KEY = b"dypo.schema_version"
+
+
+class Role(str, enum.Enum):
+    """Who produced a trace."""
+
+    TEACHER = "teacher"
+    POLICY = "policy"
+    EVAL = "eval"
+
+
+class VerdictStatus(str, enum.Enum):
+    """Why a verdict is what it is.
+
+    ok:          the answer was extracted and compared; `correct` is True or False.
+    no_answer:   the completion states no final answer; `correct` is False, reward 0.
+    parse_error: an answer was found but neither it nor the gold could be parsed; `correct` is null.
+    timeout:     the comparison exceeded its time limit; `correct` is null.
+    error:       the verifier crashed on this item; `correct` is null.
+    """
+
+    OK = "ok"
+    NO_ANSWER = "no_answer"
+    PARSE_ERROR = "parse_error"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+_TS = pa.timestamp("us", tz="UTC")
+_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+def _schema(table: str, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={TABLE_KEY: table.encode(), VERSION_KEY: str(SCHEMA_VERSION).encode()})
+
+
+PROMPTS = _schema(
+    "prompts",
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("split", pa.string()),
+        pa.field("problem", pa.string(), nullable=False),
+        pa.field("answer", pa.string(), nullable=False),
+        pa.field("messages", _MESSAGES, nullable=False),
+        pa.field("metadata", pa.string()),  # JSON object: extra columns of the input row
+        pa.field("origin", pa.string()),  # file the prompt was loaded from
+        pa.field("created_at", _TS),
+    ],
+)
+
+TRACES = _schema(
+    "traces",
+    [
+        pa.field("trace_id", pa.string(), nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string()),
+        pa.field("role", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),  # the name the user gave the model
+        pa.field("model_path", pa.string()),
+        pa.field("group_id", pa.string()),  # policy rollouts of one prompt under one setting
+        pa.field("sample_idx", pa.int32(), nullable=False),
+        pa.field("policy_version", pa.string()),
+        pa.field("completion", pa.string(), nullable=False),
+        pa.field("num_tokens", pa.int32()),
+        pa.field("finish_reason", pa.string()),
+        pa.field("sampling", pa.string()),  # JSON: the generation settings of this trace
+        pa.field("settings_hash", pa.string()),
+        pa.field("backend", pa.string()),  # vllm | openai | transformers | import
+        pa.field("source", pa.string()),  # "generated" or "import:<format>:<file>"
+        pa.field("source_correct", pa.bool_()),  # correctness flag shipped with imported data
+        pa.field("gen_seconds", pa.float64()),  # wall time of the request (server) or batch share
+        pa.field("created_at", _TS),
+        pa.field("prompt_token_ids", pa.list_(pa.int32())),
+        pa.field("completion_token_ids", pa.list_(pa.int32())),
+        pa.field("completion_logprobs", pa.list_(pa.float32())),  # sampling logprob per token
+    ],
+)
+
+VERDICTS = _schema(
+    "verdicts",
+    [
+        pa.field("verdict_id", pa.string(), nullable=False),
+        pa.field("trace_id", pa.string(), nullable=False),
+        pa.field("reward", pa.float32()),  # null when the trace could not be graded
+        pa.field("correct", pa.bool_()),  # null when the trace could not be graded
+        pa.field("extracted_answer", pa.string()),
+        pa.field("gold", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("verifier", pa.string(), nullable=False),
+        pa.field("verifier_version", pa.string()),
+        pa.field("settings", pa.string()),  # JSON: the verifier settings
+        pa.field("settings_hash", pa.string(), nullable=False),
+        pa.field("seconds", pa.float64()),
+        pa.field("created_at", _TS),
+    ],
+)
+
+TABLES: dict[str, pa.Schema] = {"prompts": PROMPTS, "traces": TRACES, "verdicts": VERDICTS}
