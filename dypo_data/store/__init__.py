@@ -1,0 +1,15 @@
+"""The store: append-only Parquet shards per table and DuckDB views over them."""
+
+from dypo_data.store.shards import ShardWriter, check_writable, open_store, read_table, shard_files, validate_shard
+from dypo_data.store.views import VIEW_NAMES, connect
+
+__all__ = [
+    "VIEW_NAMES",
+    "ShardWriter",
+    "check_writable",
+    "connect",
+    "open_store",
+    "read_table",
+    "shard_files",
+    "validate_shard",
+]

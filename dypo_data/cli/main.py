@@ -1,0 +1,30 @@
+"""The `dypo-data` command: generate, verify, store and inspect reasoning traces."""
+
+from __future__ import annotations
+
+import typer
+
+from dypo_data.cli import export_cmd, generate_cmd, inspect_cmd, models_cmd, synth_cmd, verify_cmd
+
+app = typer.Typer(
+    name="dypo-data",
+    help="Generate teacher traces and policy rollout groups, verify them with math-verify, query them with SQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("generate")(generate_cmd.generate)
+app.command("verify")(verify_cmd.verify)
+app.command("sql")(inspect_cmd.sql)
+app.command("stats")(inspect_cmd.stats)
+app.command("export")(export_cmd.export)
+app.command("synth")(synth_cmd.synth)
+app.command("models")(models_cmd.models)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

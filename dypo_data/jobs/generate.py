@@ -1,0 +1,224 @@
+"""`dypo-data generate`: teacher traces and policy rollout groups, written to the store as they finish.
+
+For each model and prompt the job computes the trace ids it would write (stable hashes of prompt,
+model, role, sample index, settings and policy version), asks the backend only for the samples that
+are missing, and writes finished results in shards while the engine keeps working. A rerun, or a
+run killed half-way and started again, therefore skips everything stored and loses nothing but the
+results of the unflushed buffer (at most `flush_every` traces or `flush_seconds` of work).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+
+from dypo_data.backends import GenerationRequest, GenerationResult, ModelSpec, SamplingConfig, make_backend
+from dypo_data.contracts import TRACES, group_id, settings_hash, trace_id
+from dypo_data.errors import ConfigError, InputError
+from dypo_data.jobs.common import JobStats, make_progress, new_run_id, utc_now
+from dypo_data.jobs.ingest import ingest_prompts
+from dypo_data.prompts import PromptSource
+from dypo_data.store import ShardWriter, check_writable, read_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    store: str = field(metadata={"help": "Store directory (created if missing)."})
+    role: Literal["teacher", "policy"] = field(
+        default="teacher", metadata={"help": "teacher: m traces per prompt per model; policy: a group of k rollouts."}
+    )
+    models: tuple[ModelSpec, ...] = field(default=(), metadata={"help": "Models to sample from, one after another."})
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Sampling settings."})
+    prompts: PromptSource | None = field(
+        default=None, metadata={"help": "Prompt file to load first; without it, every prompt in the store."}
+    )
+    backend: str = field(default="vllm", metadata={"help": "vllm | openai | transformers."})
+    backend_options: dict = field(
+        default_factory=dict, metadata={"help": "Backend-specific options (e.g. base_urls for openai)."}
+    )
+    policy_version: str = field(default="base", metadata={"help": "Version tag of the policy (its training step)."})
+    limit: int | None = field(default=None, metadata={"help": "Use at most this many prompts."})
+    flush_every: int = field(default=256, metadata={"help": "Write a shard once this many traces are buffered."})
+    flush_seconds: float = field(default=60.0, metadata={"help": "... or once this many seconds have passed."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("no model to generate with", "pass --model (policy) or --teacher (one or more)")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"model names repeat: {names}", "give each model a distinct NAME=PATH")
+        if self.role == "policy" and len(self.models) != 1:
+            raise ConfigError(f"role=policy takes one model, got {len(self.models)}", "run once per policy model")
+        if self.flush_every < 1:
+            raise ConfigError(f"flush_every={self.flush_every} must be >= 1", "use e.g. 256")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit={self.limit} must be >= 1", "omit --limit to use every prompt")
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A request and the sample indices its completions fill."""
+
+    request: GenerationRequest
+    sample_indices: tuple[int, ...]
+
+
+def trace_settings(role: str, model: ModelSpec, sampling: SamplingConfig) -> dict:
+    """Everything that shapes a sample, recorded with each trace and hashed into its id."""
+    return {"role": role, "model": model.settings(), "sampling": sampling.settings()}
+
+
+def plan_requests(
+    prompts: pa.Table, existing: set[str], *, model: ModelSpec, role: str, n: int, shash: str, policy_version: str
+) -> list[_Planned]:
+    """One request per prompt that lacks samples, asking only for the missing indices.
+
+    Shapes: prompts has columns prompt_id, messages (one row per prompt).
+    """
+    version = policy_version if role == "policy" else None
+    plans = []
+    for pid, messages in zip(prompts["prompt_id"].to_pylist(), prompts["messages"].to_pylist()):
+        missing = tuple(
+            i for i in range(n) if trace_id(pid, model.name, role, i, shash, version) not in existing
+        )
+        if missing:
+            plans.append(_Planned(GenerationRequest(key=pid, messages=messages, n=len(missing)), missing))
+    return plans
+
+
+def result_rows(
+    result: GenerationResult, plan: _Planned, *, model: ModelSpec, role: str, shash: str, sampling_json: str,
+    policy_version: str, backend_kind: str, run_id: str,
+) -> list[dict]:
+    """Trace rows of one finished request."""
+    pid = result.key
+    version = policy_version if role == "policy" else None
+    gid = group_id(pid, model.name, shash, version) if role == "policy" else None
+    now = utc_now()
+    rows = []
+    for completion, idx in zip(result.completions, plan.sample_indices):
+        rows.append(
+            {
+                "trace_id": trace_id(pid, model.name, role, idx, shash, version),
+                "prompt_id": pid,
+                "run_id": run_id,
+                "role": role,
+                "model": model.name,
+                "model_path": model.path,
+                "group_id": gid,
+                "sample_idx": idx,
+                "policy_version": version,
+                "completion": completion.text,
+                "num_tokens": completion.num_tokens,
+                "finish_reason": completion.finish_reason,
+                "sampling": sampling_json,
+                "settings_hash": shash,
+                "backend": backend_kind,
+                "source": "generated",
+                "gen_seconds": result.seconds,
+                "created_at": now,
+                "prompt_token_ids": result.prompt_token_ids if completion.token_ids is not None else None,
+                "completion_token_ids": completion.token_ids,
+                "completion_logprobs": completion.logprobs,
+            }
+        )
+    return rows
+
+
+def _select_prompts(root: Path, prompt_ids: list[str] | None, limit: int | None) -> pa.Table:
+    prompts = read_table(root, "prompts", ["prompt_id", "messages"])
+    if prompt_ids is not None:
+        order = {pid: i for i, pid in enumerate(dict.fromkeys(prompt_ids))}
+        rows = {pid: msgs for pid, msgs in zip(prompts["prompt_id"].to_pylist(), prompts["messages"].to_pylist())}
+        ids = [pid for pid in order if pid in rows]
+        prompts = pa.table({"prompt_id": ids, "messages": [rows[p] for p in ids]})
+    if prompts.num_rows == 0:
+        raise InputError(f"store {root} has no prompts to generate for", "pass --prompts FILE")
+    return prompts.slice(0, limit) if limit else prompts
+
+
+class _Flusher:
+    """Buffers trace rows and writes a shard when the buffer is full or old."""
+
+    def __init__(self, writer: ShardWriter, every: int, seconds: float, stats: JobStats) -> None:
+        self.writer, self.every, self.seconds, self.stats = writer, every, seconds, stats
+        self.rows: list[dict] = []
+        self.last = time.monotonic()
+
+    def add(self, rows: list[dict]) -> None:
+        self.rows.extend(rows)
+        if len(self.rows) >= self.every or time.monotonic() - self.last >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.writer.write("traces", pa.Table.from_pylist(self.rows, schema=TRACES))
+            self.stats.add("traces_written", len(self.rows))
+            self.stats.add("shards_written")
+        self.rows = []
+        self.last = time.monotonic()
+
+
+def _generate_model(
+    model: ModelSpec, prompts: pa.Table, existing: set[str], cfg: GenerateConfig, sampling: SamplingConfig,
+    flusher: _Flusher, stats: JobStats, run_id: str,
+) -> None:
+    settings = trace_settings(cfg.role, model, sampling)
+    shash = settings_hash(settings)
+    plans = plan_requests(
+        prompts, existing, model=model, role=cfg.role, n=sampling.n, shash=shash, policy_version=cfg.policy_version
+    )
+    wanted = prompts.num_rows * sampling.n
+    todo = sum(len(p.sample_indices) for p in plans)
+    stats.add(f"samples_already_stored/{model.name}", wanted - todo)
+    if not plans:
+        log.info("%s: all %d samples already stored", model.name, wanted)
+        return
+    by_key = {p.request.key: p for p in plans}
+    sampling_json = json.dumps(settings, sort_keys=True)
+    tokens, started = 0, time.monotonic()
+    with make_backend(cfg.backend, model, **cfg.backend_options) as backend, make_progress(cfg.progress) as bar:
+        task = bar.add_task(f"{cfg.role} {model.name}", total=todo, rate="")
+        try:
+            for result in backend.generate([p.request for p in plans], sampling):
+                rows = result_rows(
+                    result, by_key[result.key], model=model, role=cfg.role, shash=shash, sampling_json=sampling_json,
+                    policy_version=cfg.policy_version, backend_kind=backend.kind, run_id=run_id,
+                )
+                flusher.add(rows)
+                tokens += sum(c.num_tokens for c in result.completions)
+                rate = tokens / max(time.monotonic() - started, 1e-9)
+                bar.update(task, advance=len(rows), rate=f"{rate:,.0f} tok/s")
+        finally:
+            flusher.flush()  # results already received are never lost, even on Ctrl-C or a backend error
+    stats.add(f"samples_generated/{model.name}", todo)
+    stats.add(f"tokens_generated/{model.name}", tokens)
+    stats.time(f"generate_seconds/{model.name}", time.monotonic() - started)
+
+
+def run_generate(cfg: GenerateConfig) -> JobStats:
+    """Load prompts (optional), then sample every model's missing traces into the store."""
+    root = Path(cfg.store).expanduser()
+    check_writable(root)
+    run_id = new_run_id("generate")
+    stats = JobStats("generate", run_id)
+    writer = ShardWriter(root, run_id)
+    sampling = replace(cfg.sampling, logprobs=True) if cfg.role == "policy" else cfg.sampling
+    prompt_ids = ingest_prompts(root, cfg.prompts, writer, stats) if cfg.prompts is not None else None
+    prompts = _select_prompts(root, prompt_ids, cfg.limit)
+    stats.add("prompts_used", prompts.num_rows)
+    existing = set(read_table(root, "traces", ["trace_id"])["trace_id"].to_pylist())
+    flusher = _Flusher(writer, cfg.flush_every, cfg.flush_seconds, stats)
+    for model in cfg.models:
+        _generate_model(model, prompts, existing, cfg, sampling, flusher, stats, run_id)
+    writer.write_manifest(stats.manifest(cfg))
+    return stats

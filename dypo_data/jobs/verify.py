@@ -1,0 +1,98 @@
+"""`dypo-data verify`: grade every trace that has no verdict under the given verifier settings.
+
+Verdicts are their own table keyed by (trace, verifier settings), so re-verifying with other
+settings adds verdicts and never rewrites a trace; the `latest_verdicts` view picks the newest.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from dypo_data.contracts import VERDICTS, settings_hash, verdict_id
+from dypo_data.grading import Grade, GradeItem, VerifierConfig, VerifierPool, verifier_version
+from dypo_data.jobs.common import JobStats, make_progress, new_run_id, utc_now
+from dypo_data.store import ShardWriter, check_writable, connect, open_store
+from dypo_data.store.queries import orphan_trace_count, unscored_traces
+
+VERIFIER_NAME = "math-verify"
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    store: str = field(metadata={"help": "Store directory to verify."})
+    verifier: VerifierConfig = field(default_factory=VerifierConfig, metadata={"help": "Verifier settings."})
+    limit: int | None = field(default=None, metadata={"help": "Verify at most this many traces."})
+    flush_every: int = field(default=1024, metadata={"help": "Write a verdict shard every this many verdicts."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+
+def verdict_row(grade: Grade, gold: str, *, vhash: str, settings_json: str, version: str) -> dict:
+    return {
+        "verdict_id": verdict_id(grade.key, vhash),
+        "trace_id": grade.key,
+        "reward": grade.reward,
+        "correct": grade.correct,
+        "extracted_answer": grade.extracted_answer,
+        "gold": gold,
+        "status": grade.status.value,
+        "verifier": VERIFIER_NAME,
+        "verifier_version": version,
+        "settings": settings_json,
+        "settings_hash": vhash,
+        "seconds": grade.seconds,
+        "created_at": utc_now(),
+    }
+
+
+def run_verify(cfg: VerifyConfig) -> JobStats:
+    root = open_store(cfg.store)
+    check_writable(root)
+    run_id = new_run_id("verify")
+    stats = JobStats("verify", run_id)
+    writer = ShardWriter(root, run_id)
+    settings = cfg.verifier.settings()
+    vhash = settings_hash({"verifier": VERIFIER_NAME, **settings})
+    settings_json = json.dumps(settings, sort_keys=True)
+    version = verifier_version()
+
+    con = connect(root)
+    todo = unscored_traces(con, vhash)
+    stats.add("traces_without_prompt", orphan_trace_count(con))
+    con.close()
+    if cfg.limit is not None:
+        todo = todo.slice(0, cfg.limit)
+    gold_of = dict(zip(todo["trace_id"].to_pylist(), todo["gold"].to_pylist()))
+    items = [GradeItem(t, g, c) for t, c, g in zip(todo["trace_id"].to_pylist(), todo["completion"].to_pylist(), todo["gold"].to_pylist())]
+    stats.add("traces_to_verify", len(items))
+
+    rows: list[dict] = []
+
+    def flush() -> None:
+        if rows:
+            writer.write("verdicts", pa.Table.from_pylist(rows, schema=VERDICTS))
+            stats.add("verdicts_written", len(rows))
+            rows.clear()
+
+    started = time.monotonic()
+    with VerifierPool(cfg.verifier) as pool, make_progress(cfg.progress) as bar:
+        task = bar.add_task("verify", total=len(items), rate="")
+        try:
+            for done, grade in enumerate(pool.grade(items), 1):
+                rows.append(verdict_row(grade, gold_of[grade.key], vhash=vhash, settings_json=settings_json, version=version))
+                stats.add(f"status/{grade.status.value}")
+                if grade.correct:
+                    stats.add("correct")
+                if len(rows) >= cfg.flush_every:
+                    flush()
+                rate = done / max(time.monotonic() - started, 1e-9)
+                bar.update(task, advance=1, rate=f"{rate:,.0f} items/s")
+        finally:
+            flush()  # verdicts already computed are kept even when the run is interrupted
+    stats.time("verify_seconds", time.monotonic() - started)
+    writer.write_manifest(stats.manifest(cfg, verifier_settings_hash=vhash, verifier_version=version))
+    return stats

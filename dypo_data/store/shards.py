@@ -1,0 +1,160 @@
+"""Append-only Parquet shards: atomic writes, validated reads.
+
+Layout of a store directory::
+
+    STORE/
+      prompts/part-<run_id>-<seq>.parquet
+      traces/part-<run_id>-<seq>.parquet
+      verdicts/part-<run_id>-<seq>.parquet
+      runs/<run_id>.json            manifest, written last when a run completes
+
+A shard is written to a hidden temporary name and renamed into place once complete, so a killed
+writer leaves no partial shard behind. Shards are never rewritten. Every `*.parquet` file under a
+table directory must carry that table's name and schema version in its key-value metadata; a
+foreign or corrupt file stops reads with an error naming it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dypo_data.contracts.schemas import SCHEMA_VERSION, TABLE_KEY, TABLES, VERSION_KEY
+from dypo_data.errors import InputError, SchemaError, StoreError
+
+TMP_PREFIX = ".tmp-"
+
+
+def _store_write_error(path: Path, exc: OSError) -> StoreError:
+    if exc.errno == errno.ENOSPC:
+        return StoreError(f"store disk is full while writing {path}", "free space or point --store at another disk")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(f"store is not writable: {path} ({exc.strerror})", "fix the permissions or choose another --store")
+    return StoreError(f"cannot write {path}: {exc.strerror or exc}", "check the store directory")
+
+
+def _discard(path: Path) -> None:
+    """Remove a temporary file if possible (it may not exist, or the disk may refuse)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+@dataclass(frozen=True)
+class ShardWriter:
+    """Writes shards of one run; sequence numbers make names unique within the run."""
+
+    root: Path
+    run_id: str
+
+    def write(self, table: str, data: pa.Table) -> Path | None:
+        """Atomically write `data` as a new shard of `table`; returns its path (None if empty)."""
+        if data.num_rows == 0:
+            return None
+        schema = TABLES[table]
+        data = data.select(schema.names).cast(schema) if data.schema != schema else data
+        folder = self.root / table
+        name = f"part-{self.run_id}-{uuid.uuid4().hex[:8]}.parquet"
+        final, tmp = folder / name, folder / f"{TMP_PREFIX}{name}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(data, tmp, compression="zstd")
+            os.replace(tmp, final)
+        except OSError as exc:
+            _discard(tmp)
+            raise _store_write_error(tmp, exc) from exc
+        return final
+
+    def write_manifest(self, manifest: dict[str, Any]) -> Path:
+        """Record a completed run (config, versions, counts) as runs/<run_id>.json."""
+        folder = self.root / "runs"
+        final = folder / f"{self.run_id}.json"
+        tmp = folder / f"{TMP_PREFIX}{self.run_id}.json"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+            os.replace(tmp, final)
+        except OSError as exc:
+            _discard(tmp)
+            raise _store_write_error(tmp, exc) from exc
+        return final
+
+
+def check_writable(root: Path) -> None:
+    """Fail early (before any expensive work) when the store cannot take new shards."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f"{TMP_PREFIX}probe-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise _store_write_error(root, exc) from exc
+
+
+def validate_shard(path: Path, table: str) -> pa.Schema:
+    """Read a shard's schema and check it belongs to `table` at the current version."""
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SchemaError(
+            f"{path} is not a readable Parquet file ({exc})", f"move it out of the store; it was not written by dypo"
+        ) from exc
+    meta = schema.metadata or {}
+    found_table = meta.get(TABLE_KEY, b"").decode()
+    if found_table != table:
+        raise SchemaError(
+            f"{path} is not a dypo {table} shard (table tag {found_table or 'missing'!r})",
+            "move foreign files out of the store directory",
+        )
+    found_version = meta.get(VERSION_KEY, b"").decode()
+    if found_version != str(SCHEMA_VERSION):
+        raise SchemaError(
+            f"{path} has schema version {found_version or 'missing'}, expected {SCHEMA_VERSION}",
+            "use the dypo release that wrote it, or regenerate the store",
+        )
+    return schema
+
+
+def shard_files(root: Path, table: str) -> list[Path]:
+    """All complete, validated shards of `table`, in name order (temporary files are skipped)."""
+    folder = root / table
+    if not folder.is_dir():
+        return []
+    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+    for path in files:
+        validate_shard(path, table)
+    return files
+
+
+def read_table(root: Path, table: str, columns: list[str] | None = None) -> pa.Table:
+    """Concatenate every shard of `table` (empty table with the schema when there is none)."""
+    schema = TABLES[table]
+    files = shard_files(root, table)
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+    if not files:
+        return schema.empty_table()
+    try:
+        parts = [pq.read_table(p, columns=columns, schema=None) for p in files]
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SchemaError(f"cannot read a {table} shard in {root}: {exc}", "move the corrupt file out of the store") from exc
+    return pa.concat_tables([p.cast(schema) for p in parts])
+
+
+def open_store(path: str | os.PathLike[str], *, must_exist: bool = True) -> Path:
+    """Resolve a store directory; reading commands require it to exist."""
+    root = Path(path).expanduser()
+    if must_exist and not root.is_dir():
+        raise InputError(f"store directory {root} does not exist", "run `dypo-data generate --store DIR` first")
+    if root.exists() and not root.is_dir():
+        raise InputError(f"store path {root} is a file, not a directory", "pass a directory to --store")
+    return root

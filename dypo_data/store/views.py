@@ -1,0 +1,97 @@
+"""DuckDB over a store: one view per table and the derived views people query.
+
+Views (all deduplicated by their ids, so an interrupted-and-resumed run never counts twice):
+
+- prompts, traces, verdicts:   the raw tables.
+- latest_verdicts:             one verdict per trace, the most recent (any verifier settings).
+- scored_traces:               traces joined with their prompt and latest verdict.
+- groups:                      policy rollout groups: k, n_graded, n_correct, mean reward, tier.
+- teacher_pool:                teacher traces the verifier marked correct (the SFT targets).
+
+The same data is readable with no project code: `SELECT * FROM 'STORE/traces/*.parquet'`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from dypo_data.contracts.schemas import TABLES
+from dypo_data.store.shards import shard_files
+
+_DEDUP = {
+    "prompts": "prompt_id",
+    "traces": "trace_id",
+    "verdicts": "verdict_id",
+}
+
+# Tier of a rollout group from its graded samples: the DYPO gate.
+GROUP_TIER_SQL = """
+CASE
+  WHEN n_graded = 0 THEN 'unscored'
+  WHEN n_correct = n_graded THEN 'easy'
+  WHEN n_correct = 0 THEN 'hard'
+  ELSE 'mid'
+END
+"""
+
+DERIVED_VIEWS: dict[str, str] = {
+    "latest_verdicts": """
+        SELECT * FROM verdicts
+        QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY created_at DESC, verdict_id) = 1
+    """,
+    "scored_traces": """
+        SELECT t.*, p.source AS prompt_source, p.problem, p.answer AS gold_answer,
+               v.status, v.correct, v.reward, v.extracted_answer, v.verifier, v.verifier_version,
+               v.settings_hash AS verifier_settings_hash
+        FROM traces t
+        LEFT JOIN prompts p USING (prompt_id)
+        LEFT JOIN latest_verdicts v USING (trace_id)
+    """,
+    "groups": f"""
+        SELECT *, {GROUP_TIER_SQL} AS tier FROM (
+          SELECT group_id, any_value(prompt_id) AS prompt_id, any_value(model) AS model,
+                 any_value(policy_version) AS policy_version, any_value(settings_hash) AS settings_hash,
+                 count(*) AS k,
+                 count(correct) AS n_graded,
+                 count(*) FILTER (WHERE correct) AS n_correct,
+                 avg(reward) AS mean_reward,
+                 avg(num_tokens) AS mean_tokens
+          FROM scored_traces
+          WHERE role = 'policy'
+          GROUP BY group_id
+        )
+    """,
+    "teacher_pool": """
+        SELECT * FROM scored_traces WHERE role = 'teacher' AND correct
+    """,
+}
+
+
+def _table_source(con: duckdb.DuckDBPyConnection, root: Path, table: str) -> str:
+    """SQL that reads the table's shards, or an empty relation with its schema."""
+    files = shard_files(root, table)
+    if files:
+        listing = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
+        return f"SELECT * FROM read_parquet([{listing}], union_by_name = true)"
+    empty_name = f"_empty_{table}"
+    con.register(empty_name, TABLES[table].empty_table())
+    return f"SELECT * FROM {empty_name}"
+
+
+def connect(root: Path, *, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with every view of the store defined."""
+    con = duckdb.connect(database)
+    for table, key in _DEDUP.items():
+        source = _table_source(con, root, table)
+        con.execute(
+            f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM ({source}) "
+            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY created_at) = 1"
+        )
+    for name, sql in DERIVED_VIEWS.items():
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+    return con
+
+
+VIEW_NAMES = tuple(_DEDUP) + tuple(DERIVED_VIEWS)
