@@ -72,3 +72,24 @@ def _cell(value: Any, max_width: int) -> str:
         return "NULL"
     text = str(value).replace("\n", "⏎")
     return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+
+def parse_pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    """`["a=b", "c=d.e"]` -> {"a": "b", "c": "d.e"}; a value without `=` is a ConfigError naming the flag."""
+    from dypo_data.errors import ConfigError
+
+    pairs = {}
+    for value in values or ():
+        key, sep, val = value.partition("=")
+        if not sep or not key or not val:
+            raise ConfigError(f"{flag} {value!r} is not FIELD=COLUMN", f"write e.g. {flag} problem=question")
+        pairs[key] = val
+    return pairs
+
+
+def build_prompt_source(path: Any, *, fmt: str, columns: list[str] | None, instruction: str | None, **fields: Any):
+    """A PromptSource from CLI flags; `--column FIELD=COLUMN` pairs become its ColumnMap."""
+    from dypo_data.prompts import PromptSource
+
+    extra = {"instruction": instruction} if instruction is not None else {}
+    return PromptSource(path=str(path), format=fmt, columns=parse_pairs(columns, "--column"), **extra, **fields)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dypo_data.cli.common import out_console, reporting, setup_logging, show_progress
+from dypo_data.cli.common import build_prompt_source, out_console, reporting, setup_logging, show_progress
 from dypo_data.errors import ConfigError
 
 
@@ -30,6 +30,8 @@ def generate(
     store: Annotated[Path, typer.Option(help="Store directory (created if missing).")],
     prompts: Annotated[Optional[Path], typer.Option(help="Prompt file (JSONL, Parquet or a saved HF dataset); default: the store's prompts.")] = None,
     prompt_format: Annotated[str, typer.Option("--format", help="Prompt file format: auto, problem_answer, question_answer, verl, openr1.")] = "auto",
+    column: Annotated[Optional[list[str]], typer.Option(help="Map a prompt field to an input column, FIELD=COLUMN (repeatable; nested: reward_model.ground_truth).")] = None,
+    instruction: Annotated[Optional[str], typer.Option(help="Text appended to each problem (default asks for a \\boxed{} answer; '' for none).")] = None,
     teacher: Annotated[Optional[list[str]], typer.Option(help="Teacher model as NAME=PATH or PATH (repeat for several). PATH may be smollm2 or tiny[:SEED].")] = None,
     policy: Annotated[Optional[str], typer.Option(help="Policy model as NAME=PATH or PATH; its rollouts form groups of k.")] = None,
     m: Annotated[int, typer.Option("-m", "--m", help="Traces per prompt per teacher.")] = 2,
@@ -70,11 +72,11 @@ def generate(
     with reporting():
         from dypo_data.backends import ModelSpec, SamplingConfig
         from dypo_data.jobs.generate import GenerateConfig, run_generate
-        from dypo_data.prompts import PromptSource
 
         if not teacher and not policy:
             raise ConfigError("nothing to generate: no --teacher and no --policy", "name at least one model")
-        src = PromptSource(path=str(prompts), format=prompt_format, system_prompt=system_prompt) if prompts else None
+        src = build_prompt_source(prompts, fmt=prompt_format, columns=column, instruction=instruction,
+                                  system_prompt=system_prompt) if prompts else None
         base = SamplingConfig(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                               stop=tuple(stop or ()), seed=seed)
         options = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dypo_data.cli import export_cmd, generate_cmd, inspect_cmd, models_cmd, synth_cmd, verify_cmd
+from dypo_data.cli import export_cmd, generate_cmd, import_cmd, inspect_cmd, models_cmd, synth_cmd, verify_cmd
 
 app = typer.Typer(
     name="dypo-data",
@@ -14,6 +14,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("generate")(generate_cmd.generate)
+app.command("import")(import_cmd.import_)
 app.command("verify")(verify_cmd.verify)
 app.command("sql")(inspect_cmd.sql)
 app.command("stats")(inspect_cmd.stats)

@@ -11,6 +11,7 @@ temporary directory and renamed into place.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Literal
 
 from dypo_data.errors import ConfigError, InputError
 from dypo_data.store import connect, open_store
+from dypo_data.store.queries import fetch_arrow
 
 SFT_QUERY = """
     SELECT tp.trace_id, tp.prompt_id, tp.model, tp.prompt_source AS source, p.messages, tp.completion
@@ -27,12 +29,15 @@ SFT_QUERY = """
 """
 
 PAIR_CANDIDATES = """
-    SELECT st.group_id, st.prompt_id, st.model, st.sample_idx, st.completion, st.correct, p.messages
+    SELECT st.group_id, st.prompt_id, st.trace_id, st.model, st.sample_idx, st.completion, st.correct, p.messages
     FROM scored_traces st JOIN prompts p USING (prompt_id)
     JOIN groups g USING (group_id)
     WHERE st.role = 'policy' AND g.tier = 'mid' AND st.correct IS NOT NULL
     ORDER BY st.group_id, st.sample_idx
 """
+
+
+EXPORT_FILES = ("state.json", "data.jsonl")  # written by `save_to_disk` and by this job: marks an export
 
 
 @dataclass(frozen=True)
@@ -67,14 +72,23 @@ def sft_records(rows: list[dict]) -> list[dict]:
     ]
 
 
+def spread_pairs(n_good: int, n_bad: int) -> Iterator[tuple[int, int]]:
+    """Every (good, bad) index pair once, ordered so that the first pairs use as many distinct
+    samples as possible: (0,0), (1,1), ... then the next diagonal (0,1), (1,2), ..."""
+    for offset in range(n_bad):
+        for i in range(n_good):
+            yield i, (i + offset) % n_bad
+
+
 def pair_records(rows: list[dict], max_pairs_per_group: int) -> list[dict]:
-    """Every (correct, incorrect) pair of a group, in sample order, at most `max_pairs_per_group`."""
+    """(correct, incorrect) pairs of each group, at most `max_pairs_per_group`, spread over its samples."""
     records = []
     for gid, members in itertools.groupby(rows, key=lambda r: r["group_id"]):
         members = list(members)
         good = [m for m in members if m["correct"]]
         bad = [m for m in members if not m["correct"]]
-        for s, f in itertools.islice(itertools.product(good, bad), max_pairs_per_group):
+        for i, j in itertools.islice(spread_pairs(len(good), len(bad)), max_pairs_per_group):
+            s, f = good[i], bad[j]
             records.append(
                 {
                     "prompt": s["messages"],
@@ -82,6 +96,8 @@ def pair_records(rows: list[dict], max_pairs_per_group: int) -> list[dict]:
                     "rejected": [_assistant(f["completion"])],
                     "group_id": gid,
                     "prompt_id": s["prompt_id"],
+                    "chosen_trace_id": s["trace_id"],
+                    "rejected_trace_id": f["trace_id"],
                     "model": s["model"],
                 }
             )
@@ -96,10 +112,16 @@ def run_export(cfg: ExportConfig) -> int:
     out = Path(cfg.out).expanduser()
     if out.exists() and not cfg.overwrite:
         raise InputError(f"output {out} already exists", "pass --overwrite or choose another --out")
+    if out.exists() and not all((out / name).is_file() for name in EXPORT_FILES):
+        # --overwrite deletes the old output: never a file, the store or any directory that is not an export
+        raise InputError(
+            f"output {out} exists and is not a `dypo-data export` dataset, so it is not replaced", "choose another --out"
+        )
     con = connect(root)
-    query = SFT_QUERY if cfg.kind == "sft" else PAIR_CANDIDATES
-    rows = con.execute(query).fetch_arrow_table().to_pylist()
-    con.close()
+    try:
+        rows = fetch_arrow(con, SFT_QUERY if cfg.kind == "sft" else PAIR_CANDIDATES).to_pylist()
+    finally:
+        con.close()
     records = sft_records(rows) if cfg.kind == "sft" else pair_records(rows, cfg.max_pairs_per_group)
     if not records:
         what = "verified-correct teacher traces" if cfg.kind == "sft" else "mixed (mid-tier) rollout groups"

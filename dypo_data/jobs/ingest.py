@@ -7,9 +7,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dypo_data.jobs.common import JobStats
+from dypo_data.jobs.common import JobStats, new_run_id
 from dypo_data.prompts import PromptSource, load_prompts
-from dypo_data.store import ShardWriter, read_table
+from dypo_data.store import ShardWriter, check_writable, read_table
 
 
 def _only_new(table: pa.Table, key: str, existing: set[str]) -> pa.Table:
@@ -36,3 +36,14 @@ def ingest_prompts(root: Path, src: PromptSource, writer: ShardWriter, stats: Jo
         stats.add("traces_imported", new_traces.num_rows)
         stats.add("traces_import_skipped_existing", loaded.traces.num_rows - new_traces.num_rows)
     return loaded.prompts["prompt_id"].to_pylist()
+
+
+def run_import(store: str, src: PromptSource) -> JobStats:
+    """`dypo-data import`: prompts and the teacher traces they carry, with no generation."""
+    root = Path(store).expanduser()
+    check_writable(root)
+    stats = JobStats("import", new_run_id("import"))
+    writer = ShardWriter(root, stats.run_id)
+    ingest_prompts(root, src, writer, stats)
+    writer.write_manifest(stats.manifest(src))
+    return stats

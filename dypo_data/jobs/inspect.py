@@ -18,7 +18,7 @@ def run_sql(store: str, query: str) -> pa.Table:
     """Run one query against the store's views; SQL errors become an InputError naming the query."""
     con = connect(open_store(store))
     try:
-        return con.execute(query).fetch_arrow_table()
+        return queries.fetch_arrow(con, query)
     except duckdb.Error as exc:
         first_line = str(exc).splitlines()[0]
         raise InputError(f"query failed: {first_line}", "the views are " + ", ".join(VIEW_NAMES)) from exc

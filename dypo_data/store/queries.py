@@ -68,31 +68,43 @@ STATUS_COUNTS = """
 """
 
 
+def fetch_arrow(con: duckdb.DuckDBPyConnection, query: str, params: list | None = None) -> pa.Table:
+    """All rows of `query` (with `?` parameters) as an Arrow table.
+
+    DuckDB 2 reads Arrow from a relation (`con.sql(...).to_arrow_table()`; the cursor's
+    `fetch_arrow_table` is gone); older releases read it from the cursor.
+    """
+    if hasattr(duckdb.DuckDBPyRelation, "to_arrow_table"):
+        relation = con.sql(query, params=params)
+        return relation.to_arrow_table() if relation is not None else pa.table({})  # None: a statement, no rows
+    return con.execute(query, params or []).fetch_arrow_table()
+
+
 def unscored_traces(con: duckdb.DuckDBPyConnection, verifier_settings_hash: str) -> pa.Table:
     """Traces (with their gold answer) that have no verdict under these verifier settings."""
-    return con.execute(UNSCORED_TRACES, [verifier_settings_hash]).fetch_arrow_table()
+    return fetch_arrow(con, UNSCORED_TRACES, [verifier_settings_hash])
 
 
 def orphan_trace_count(con: duckdb.DuckDBPyConnection) -> int:
     """Traces whose prompt is not in the store (they cannot be verified)."""
-    return int(con.execute(ORPHAN_TRACE_COUNT).fetchone()[0])
+    return int(con.execute(ORPHAN_TRACE_COUNT).fetchall()[0][0])
 
 
 def model_stats(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    return con.execute(MODEL_STATS).fetch_arrow_table()
+    return fetch_arrow(con, MODEL_STATS)
 
 
 def source_stats(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    return con.execute(SOURCE_STATS).fetch_arrow_table()
+    return fetch_arrow(con, SOURCE_STATS)
 
 
 def tier_stats(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    return con.execute(TIER_STATS).fetch_arrow_table()
+    return fetch_arrow(con, TIER_STATS)
 
 
 def hard_prompt_coverage(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
     """(hard prompts, hard prompts that have at least one verified teacher trace)."""
-    hard, covered = con.execute(HARD_PROMPTS_WITH_TEACHER).fetchone()
+    hard, covered = con.execute(HARD_PROMPTS_WITH_TEACHER).fetchall()[0]
     return int(hard or 0), int(covered or 0)
 
 

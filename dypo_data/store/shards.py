@@ -8,10 +8,11 @@ Layout of a store directory::
       verdicts/part-<run_id>-<seq>.parquet
       runs/<run_id>.json            manifest, written last when a run completes
 
-A shard is written to a hidden temporary name and renamed into place once complete, so a killed
-writer leaves no partial shard behind. Shards are never rewritten. Every `*.parquet` file under a
-table directory must carry that table's name and schema version in its key-value metadata; a
-foreign or corrupt file stops reads with an error naming it.
+A shard is written to a hidden temporary name (`.tmp-*.partial`, which no `*.parquet` glob
+matches) and renamed into place once complete, so a killed writer leaves no partial shard behind.
+Shards are never rewritten. Every `*.parquet` file under a table directory must carry that table's
+name and schema version in its key-value metadata; a foreign or corrupt file stops reads with an
+error naming it.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class ShardWriter:
         data = data.select(schema.names).cast(schema) if data.schema != schema else data
         folder = self.root / table
         name = f"part-{self.run_id}-{uuid.uuid4().hex[:8]}.parquet"
-        final, tmp = folder / name, folder / f"{TMP_PREFIX}{name}"
+        final, tmp = folder / name, folder / f"{TMP_PREFIX}{name}.partial"  # no glob for *.parquet matches it
         try:
             folder.mkdir(parents=True, exist_ok=True)
             pq.write_table(data, tmp, compression="zstd")
@@ -78,7 +79,7 @@ class ShardWriter:
         """Record a completed run (config, versions, counts) as runs/<run_id>.json."""
         folder = self.root / "runs"
         final = folder / f"{self.run_id}.json"
-        tmp = folder / f"{TMP_PREFIX}{self.run_id}.json"
+        tmp = folder / f"{TMP_PREFIX}{self.run_id}.json.partial"
         try:
             folder.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))

@@ -62,8 +62,11 @@ def test_write_is_atomic_and_readable_without_project_code(tmp_path):
 
 def test_leftover_temp_files_are_ignored(tmp_path):
     ShardWriter(tmp_path, "run1").write("prompts", prompt_rows(2))
-    (tmp_path / "prompts" / ".tmp-part-killed.parquet").write_bytes(b"half a file")
+    (tmp_path / "prompts" / ".tmp-part-killed.parquet.partial").write_bytes(b"half a file")
     assert read_table(tmp_path, "prompts").num_rows == 2
+    import duckdb
+
+    assert duckdb.sql(f"SELECT count(*) FROM '{tmp_path}/prompts/*.parquet'").fetchall()[0][0] == 2
 
 
 def test_foreign_parquet_file_is_named(tmp_path):
