@@ -66,10 +66,14 @@ class GenerateConfig:
 
 @dataclass(frozen=True)
 class _Planned:
-    """A request and the sample indices its completions fill."""
+    """A request and the sample indices it covers that are already stored (skipped on write)."""
 
     request: GenerationRequest
-    sample_indices: tuple[int, ...]
+    stored: frozenset[int]
+
+    @property
+    def todo(self) -> int:
+        return self.request.n - len(self.stored)
 
 
 def trace_settings(role: str, model: ModelSpec, sampling: SamplingConfig) -> dict:
@@ -80,18 +84,21 @@ def trace_settings(role: str, model: ModelSpec, sampling: SamplingConfig) -> dic
 def plan_requests(
     prompts: pa.Table, existing: set[str], *, model: ModelSpec, role: str, n: int, shash: str, policy_version: str
 ) -> list[_Planned]:
-    """One request per prompt that lacks samples, asking only for the missing indices.
+    """One request per prompt that lacks samples, from its first missing index to n - 1.
 
+    Samples are seeded per (prompt, index), so a sample regenerated over a gap is the one that
+    was lost; indices already stored inside the range are generated again but not written.
     Shapes: prompts has columns prompt_id, messages (one row per prompt).
     """
     version = policy_version if role == "policy" else None
     plans = []
     for pid, messages in zip(prompts["prompt_id"].to_pylist(), prompts["messages"].to_pylist()):
-        missing = tuple(
-            i for i in range(n) if trace_id(pid, model.name, role, i, shash, version) not in existing
-        )
+        stored = {i for i in range(n) if trace_id(pid, model.name, role, i, shash, version) in existing}
+        missing = [i for i in range(n) if i not in stored]
         if missing:
-            plans.append(_Planned(GenerationRequest(key=pid, messages=messages, n=len(missing)), missing))
+            first = missing[0]
+            request = GenerationRequest(key=pid, messages=messages, n=n - first, sample_offset=first)
+            plans.append(_Planned(request, frozenset(i for i in stored if i >= first)))
     return plans
 
 
@@ -99,13 +106,16 @@ def result_rows(
     result: GenerationResult, plan: _Planned, *, model: ModelSpec, role: str, shash: str, sampling_json: str,
     policy_version: str, backend_kind: str, run_id: str,
 ) -> list[dict]:
-    """Trace rows of one finished request."""
+    """Trace rows of one finished request (samples already stored are left out)."""
     pid = result.key
     version = policy_version if role == "policy" else None
     gid = group_id(pid, model.name, shash, version) if role == "policy" else None
     now = utc_now()
     rows = []
-    for completion, idx in zip(result.completions, plan.sample_indices):
+    for completion in result.completions:
+        idx = completion.sample_idx
+        if idx in plan.stored:
+            continue
         rows.append(
             {
                 "trace_id": trace_id(pid, model.name, role, idx, shash, version),
@@ -178,7 +188,7 @@ def _generate_model(
         prompts, existing, model=model, role=cfg.role, n=sampling.n, shash=shash, policy_version=cfg.policy_version
     )
     wanted = prompts.num_rows * sampling.n
-    todo = sum(len(p.sample_indices) for p in plans)
+    todo = sum(p.todo for p in plans)
     stats.add(f"samples_already_stored/{model.name}", wanted - todo)
     if not plans:
         log.info("%s: all %d samples already stored", model.name, wanted)
