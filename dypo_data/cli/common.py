@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -16,8 +17,8 @@ from rich.table import Table
 
 from dypo_data.errors import DypoError
 
-err_console = Console(stderr=True)
-out_console = Console()
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+out_console = Console(width=None if sys.stdout.isatty() else 160)  # tables stay readable in logs and pipes
 
 
 def field_help(cls: type, name: str) -> str:
@@ -29,6 +30,9 @@ def field_help(cls: type, name: str) -> str:
 
 
 def setup_logging(verbose: bool) -> None:
+    """Our loggers at INFO with --verbose; vLLM logs only errors unless asked for more."""
+    if not verbose:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

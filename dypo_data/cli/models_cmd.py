@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dypo_data.cli.common import out_console, reporting
+from dypo_data.cli.common import reporting
 
 
 def models(
@@ -22,4 +22,4 @@ def models(
 
         for s in spec:
             ref = resolve_model(s, cache_dir=cache_dir)
-            out_console.print(f"{ref.name}\t{ref.path}", highlight=False)
+            print(f"{ref.name}\t{ref.path}")  # tab-separated, for scripts

@@ -1,0 +1,295 @@
+"""VerifierPool: math-verify in worker processes, with a hard per-item time limit and crash recovery.
+
+Each worker is a spawned process that grades one item at a time in its main thread, where
+math-verify's signal-based code works, and stops a slow item itself after `timeout_s`. The parent
+keeps `queue_depth` items queued per worker and enforces a hard limit of `hard_timeout_s` per item
+from outside: a worker that has not answered by then (stuck in C code, stopped, swapping) is killed
+and replaced, and its item is recorded as `timeout`. A worker that dies (killed for memory, crashed)
+is replaced too: the item it was grading is recorded as `error`, the items queued behind it are
+graded by the others. So one pathological answer costs at most one item and one respawn.
+
+An item's clock starts when its worker starts it: when it is sent to an idle worker, or when the
+worker returns the item before it (never earlier, so the limit only errs towards leniency).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import time
+import zlib
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Iterable, Iterator
+
+from dypo_data.contracts import VerdictStatus
+from dypo_data.errors import DypoError
+from dypo_data.grading.config import VerifierConfig
+from dypo_data.grading.extract import answer_candidates, snippet
+from dypo_data.grading.verdict import Grade, GradeItem, make_grade
+from dypo_data.grading.worker import READY, run_worker
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 120.0  # a worker must import math-verify and warm up within this
+MAX_START_FAILURES = 3  # consecutive workers that die before they are ready
+LOOKAHEAD_PER_WORKER = 8  # items read ahead of the workers, to route each gold to one worker
+# The parent wakes at most this often while workers are busy, and then collects every result that
+# came in: waking for each result (hundreds a second) takes a core away from the workers on a
+# small machine. Workers do not starve meanwhile, since each has `queue_depth` items queued.
+MIN_POLL_INTERVAL_S = 0.005
+
+
+class VerifierError(DypoError):
+    """The grading workers cannot be started."""
+
+    exit_code = 3
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    spawned_at: float
+    ready: bool = False
+    broken: bool = False  # a send failed: the process is dying, do not send more
+    retiring: bool = False  # stopped an item by its own timer: replace it, its state may be damaged
+    inflight: deque = field(default_factory=deque)  # (seq, item) in the order sent
+    head_started: float = 0.0  # when the worker started inflight[0]
+
+
+class VerifierPool:
+    """Grade items in `config.workers` processes; use as a context manager.
+
+    `grade(items)` streams one Grade per item, in completion order, pulling items lazily.
+    """
+
+    def __init__(self, config: VerifierConfig) -> None:
+        self.config = config
+        self.hard_timeout_s = config.timeout_s + max(1.0, 0.25 * config.timeout_s)
+        # respawns, worker_died, killed_timeout (hard limit), recycled_after_timeout (own timer)
+        self.counters: Counter[str] = Counter()
+        self._ctx = multiprocessing.get_context("spawn")  # no fork: the parent may hold threads or vLLM
+        self._seq = itertools.count()
+        self._workers: list[_Worker] = []
+        self._pending: deque[GradeItem] = deque()  # items taken back from a replaced worker
+        self._lookahead: deque[tuple[int, GradeItem]] = deque()  # (home worker, item) read ahead
+        self._source: Iterator[GradeItem] | None = None  # None once exhausted
+        self._grading = False
+        self._start_failures = 0
+        self._closed = False
+        self._last_poll = 0.0
+        try:
+            self._workers = [self._spawn() for _ in range(config.workers)]
+            while not all(w.ready for w in self._workers):
+                self._poll(self._wait_timeout())
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> VerifierPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def worker_pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
+
+    def grade(self, items: Iterable[GradeItem]) -> Iterator[Grade]:
+        """Yield one Grade per item (any order). Stopping early discards the items in flight."""
+        if self._closed:
+            raise RuntimeError("VerifierPool is closed")
+        if self._grading:
+            raise RuntimeError("VerifierPool.grade is already running; finish or close that iterator first")
+        self._grading = True
+        self._source = iter(items)
+        try:
+            while True:
+                self._dispatch()
+                idle = not (self._pending or self._lookahead or any(w.inflight for w in self._workers))
+                if self._source is None and idle:
+                    return
+                yield from self._poll(self._wait_timeout())
+        finally:
+            self._grading = False
+            self._source = None
+            self._pending.clear()
+            self._lookahead.clear()
+            for w in list(self._workers):  # stopped early: results still in flight would go stale
+                if w.inflight:
+                    w.inflight.clear()
+                    if not self._closed:
+                        self._replace(w)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for w in self._workers:
+            try:
+                w.conn.send(None)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 2.0
+        for w in self._workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            self._stop(w)
+        self._workers = []
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def _spawn(self) -> _Worker:
+        parent_end, child_end = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(target=run_worker, args=(child_end, self.config), name="dypo-grader",
+                                    daemon=True)
+        process.start()
+        child_end.close()
+        return _Worker(process, parent_end, time.monotonic())
+
+    def _stop(self, w: _Worker) -> None:
+        if w.process.is_alive():
+            w.process.kill()
+        w.process.join(5.0)
+        w.conn.close()
+
+    def _replace(self, w: _Worker, status: VerdictStatus | None = None) -> list[Grade]:
+        """Stop `w` and start a new worker; its head item gets `status`, the rest go back to the queue."""
+        self._stop(w)
+        if not w.ready:
+            self._start_failures += 1
+            if self._start_failures >= MAX_START_FAILURES:
+                raise VerifierError(f"grading workers keep exiting before they are ready "
+                                    f"(last exit code {w.process.exitcode})",
+                                    "check that math-verify imports: python -c 'import math_verify'")
+        grades = []
+        if w.inflight and status is not None:
+            _, head = w.inflight.popleft()
+            seconds = time.monotonic() - w.head_started
+            grades.append(make_grade(head.key, status, None, _candidate(head, self.config), seconds))
+        self._pending.extendleft(item for _, item in reversed(w.inflight))
+        self.counters["respawns"] += 1
+        self._workers[self._workers.index(w)] = self._spawn()
+        return grades
+
+    # -- the event loop -----------------------------------------------------------------------
+
+    def _next_item(self, slot: int) -> GradeItem | None:
+        """The next item for the worker at `slot`: one taken back from a replaced worker, else the
+        first read-ahead item whose gold belongs to this worker, else the oldest read-ahead item.
+
+        Keeping a gold on one worker lets that worker's caches serve all rollouts of a prompt (they
+        share the gold and often the answer); taking the oldest item otherwise keeps every worker
+        busy and delays no item by more than the read-ahead.
+        """
+        if self._pending:
+            return self._pending.popleft()
+        size = LOOKAHEAD_PER_WORKER * len(self._workers)
+        while self._source is not None and len(self._lookahead) < size:
+            try:
+                item = next(self._source)
+            except StopIteration:
+                self._source = None
+                break
+            self._lookahead.append((zlib.crc32(item.gold.encode()) % len(self._workers), item))
+        for i, (home, item) in enumerate(self._lookahead):
+            if home == slot:
+                del self._lookahead[i]
+                return item
+        return self._lookahead.popleft()[1] if self._lookahead else None
+
+    def _dispatch(self) -> None:
+        for slot, w in enumerate(self._workers):
+            while w.ready and not (w.broken or w.retiring) and len(w.inflight) < self.config.queue_depth:
+                if not w.process.is_alive():  # died idle: nothing of ours to blame, `_poll` replaces it
+                    w.broken = True
+                    break
+                item = self._next_item(slot)
+                if item is None:
+                    return
+                seq = next(self._seq)
+                try:
+                    w.conn.send((seq, item.gold, item.completion))
+                except OSError:  # the worker is dying; `_poll` sees its sentinel and replaces it
+                    w.broken = True
+                    self._pending.appendleft(item)
+                    break
+                if not w.inflight:
+                    w.head_started = time.monotonic()
+                w.inflight.append((seq, item))
+
+    def _wait_timeout(self) -> float | None:
+        now = time.monotonic()
+        deadlines = [w.head_started + self.hard_timeout_s for w in self._workers if w.ready and w.inflight]
+        deadlines += [w.spawned_at + START_TIMEOUT_S for w in self._workers if not w.ready]
+        return max(0.0, min(deadlines) - now) if deadlines else None
+
+    def _poll(self, timeout: float | None) -> list[Grade]:
+        """Wait up to `timeout` for results, deaths or deadlines; return the grades that came in."""
+        pause = self._last_poll + MIN_POLL_INTERVAL_S - time.monotonic()
+        if pause > 0 and (timeout is None or pause < timeout):
+            time.sleep(pause)
+            timeout = None if timeout is None else timeout - pause
+        by_conn = {w.conn: w for w in self._workers}
+        by_sentinel = {w.process.sentinel: w for w in self._workers}
+        woken = wait(list(by_conn) + list(by_sentinel), timeout)
+        self._last_poll = time.monotonic()
+        grades: list[Grade] = []
+        exited = {w for w in self._workers if w.broken}
+        for obj in woken:
+            w = by_conn.get(obj) or by_sentinel[obj]
+            if not self._drain(w, grades) or obj in by_sentinel:
+                exited.add(w)
+        now = time.monotonic()
+        for w in list(self._workers):
+            if w.retiring:
+                # The worker stopped an item with its own timer, at an arbitrary point (maybe inside
+                # a lazy import or a cache update), and exits: a fresh process is a sure clean state.
+                self.counters["recycled_after_timeout"] += 1
+                grades += self._replace(w)
+            elif w in exited:
+                self.counters["worker_died"] += 1
+                logger.warning("grading worker %s exited (code %s); replacing it", w.process.pid, w.process.exitcode)
+                grades += self._replace(w, VerdictStatus.ERROR)
+            elif w.ready and w.inflight and now - w.head_started > self.hard_timeout_s:
+                self.counters["killed_timeout"] += 1
+                logger.warning("grading worker %s passed the hard limit of %.1fs on one item; replacing it",
+                               w.process.pid, self.hard_timeout_s)
+                grades += self._replace(w, VerdictStatus.TIMEOUT)
+            elif not w.ready and now - w.spawned_at > START_TIMEOUT_S:
+                grades += self._replace(w)
+        return grades
+
+    def _drain(self, w: _Worker, grades: list[Grade]) -> bool:
+        """Read the messages `w` has sent, up to a timeout; False once its pipe is closed."""
+        try:
+            while not w.retiring and w.conn.poll():
+                self._handle(w, w.conn.recv(), grades)
+        except (EOFError, OSError):
+            return False
+        return True
+
+    def _handle(self, w: _Worker, message: tuple, grades: list[Grade]) -> None:
+        if message[0] == READY:
+            w.ready = True
+            self._start_failures = 0
+            return
+        seq, status, correct, extracted, seconds = message
+        if not w.inflight or w.inflight[0][0] != seq:  # cannot happen: workers answer in order
+            logger.error("grading worker %s answered item %s out of order; ignored", w.process.pid, seq)
+            return
+        _, item = w.inflight.popleft()
+        w.head_started = time.monotonic()
+        grades.append(make_grade(item.key, VerdictStatus(status), correct, extracted, seconds))
+        if status == VerdictStatus.TIMEOUT.value:
+            w.retiring = True
+
+
+def _candidate(item: GradeItem, config: VerifierConfig) -> str | None:
+    """The answer text a worker was given to parse, recorded when the parent has to give up on it."""
+    try:
+        return snippet(answer_candidates(item.completion, config.answer_position)[0].label)
+    except Exception:  # noqa: BLE001
+        return None
