@@ -36,10 +36,6 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 120.0  # a worker must import math-verify and warm up within this
 MAX_START_FAILURES = 3  # consecutive workers that die before they are ready
 LOOKAHEAD_PER_WORKER = 8  # items read ahead of the workers, to route each gold to one worker
-# The parent wakes at most this often while workers are busy, and then collects every result that
-# came in: waking for each result (hundreds a second) takes a core away from the workers on a
-# small machine. Workers do not starve meanwhile, since each has `queue_depth` items queued.
-MIN_POLL_INTERVAL_S = 0.005
 
 
 class VerifierError(DypoError):
@@ -80,7 +76,6 @@ class VerifierPool:
         self._grading = False
         self._start_failures = 0
         self._closed = False
-        self._last_poll = 0.0
         try:
             self._workers = [self._spawn() for _ in range(config.workers)]
             while not all(w.ready for w in self._workers):
@@ -228,14 +223,9 @@ class VerifierPool:
 
     def _poll(self, timeout: float | None) -> list[Grade]:
         """Wait up to `timeout` for results, deaths or deadlines; return the grades that came in."""
-        pause = self._last_poll + MIN_POLL_INTERVAL_S - time.monotonic()
-        if pause > 0 and (timeout is None or pause < timeout):
-            time.sleep(pause)
-            timeout = None if timeout is None else timeout - pause
         by_conn = {w.conn: w for w in self._workers}
         by_sentinel = {w.process.sentinel: w for w in self._workers}
         woken = wait(list(by_conn) + list(by_sentinel), timeout)
-        self._last_poll = time.monotonic()
         grades: list[Grade] = []
         exited = {w for w in self._workers if w.broken}
         for obj in woken:
