@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 
+RESULT_MARK = "BENCH_RESULT "
+
+
 def _problems(n: int) -> list[dict]:
     from dypo_data.prompts.synthetic import generate_problems
 
@@ -50,7 +53,7 @@ def run_raw(args: argparse.Namespace) -> dict:
     texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
              for m in loaded.prompts["messages"].to_pylist()]
     t0 = time.perf_counter()
-    llm = LLM(model=args.model_path, enforce_eager=True, seed=0, dtype=args.dtype, max_num_batched_tokens=32768)
+    llm = LLM(model=args.model_path, enforce_eager=True, seed=0, dtype=args.dtype)
     start_s = time.perf_counter() - t0
     params = SamplingParams(n=args.n, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens, logprobs=0)
     t0 = time.perf_counter()
@@ -86,10 +89,11 @@ def _child(mode: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--model-path", args.model_path, "--prompts-file",
            args.prompts_file, "--n", str(args.n), "--max-tokens", str(args.max_tokens), "--dtype", args.dtype,
            "--kv-cache-gib", str(args.kv_cache_gib)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "VLLM_LOGGING_LEVEL": "ERROR"})
+    lines = [line for line in out.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if out.returncode != 0 or not lines:
         raise SystemExit(f"{mode} run failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(lines[-1][len(RESULT_MARK):])
 
 
 def main() -> None:
@@ -99,7 +103,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--kv-cache-gib", type=float, default=2.0)
+    p.add_argument("--kv-cache-gib", type=int, default=2, help="CPU KV cache in whole GiB")
     p.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating")
     p.add_argument("--child", choices=["raw", "dypo"], help=argparse.SUPPRESS)
     p.add_argument("--model-path", help=argparse.SUPPRESS)
@@ -108,7 +112,7 @@ def main() -> None:
 
     if args.child:
         result = run_raw(args) if args.child == "raw" else run_dypo(args)
-        print(json.dumps(result))
+        print(RESULT_MARK + json.dumps(result))  # engines may print to stdout too
         return
 
     from dypo_data.jobs.common import package_versions

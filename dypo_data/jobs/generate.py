@@ -195,8 +195,10 @@ def _generate_model(
         return
     by_key = {p.request.key: p for p in plans}
     sampling_json = json.dumps(settings, sort_keys=True)
-    tokens, started = 0, time.monotonic()
+    loading = time.monotonic()
     with make_backend(cfg.backend, model, **cfg.backend_options) as backend, make_progress(cfg.progress) as bar:
+        stats.time(f"engine_start_seconds/{model.name}", time.monotonic() - loading)
+        tokens, started = 0, time.monotonic()
         task = bar.add_task(f"{cfg.role} {model.name}", total=todo, rate="")
         try:
             for result in backend.generate([p.request for p in plans], sampling):
@@ -210,9 +212,9 @@ def _generate_model(
                 bar.update(task, advance=len(rows), rate=f"{rate:,.0f} tok/s")
         finally:
             flusher.flush()  # results already received are never lost, even on Ctrl-C or a backend error
+        stats.time(f"generate_seconds/{model.name}", time.monotonic() - started)  # engine start excluded
     stats.add(f"samples_generated/{model.name}", todo)
     stats.add(f"tokens_generated/{model.name}", tokens)
-    stats.time(f"generate_seconds/{model.name}", time.monotonic() - started)
 
 
 def run_generate(cfg: GenerateConfig) -> JobStats:
