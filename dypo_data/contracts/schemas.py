@@ -35,7 +35,7 @@ class VerdictStatus(str, enum.Enum):
 
     ok:          the answer was extracted and compared; `correct` is True or False.
     no_answer:   the completion states no final answer; `correct` is False, reward 0.
-    parse_error: an answer was found but neither it nor the gold could be parsed; `correct` is null.
+    parse_error: an answer was found but it or the gold could not be parsed; `correct` is null.
     timeout:     the comparison exceeded its time limit; `correct` is null.
     error:       the verifier crashed on this item; `correct` is null.
     """
