@@ -72,6 +72,7 @@ def generate(
     with reporting():
         from dypo_data.backends import ModelSpec, SamplingConfig
         from dypo_data.jobs.generate import GenerateConfig, run_generate
+        from dypo_data.jobs.ingest import run_import
 
         if not teacher and not policy:
             raise ConfigError("nothing to generate: no --teacher and no --policy", "name at least one model")
@@ -98,10 +99,15 @@ def generate(
         if policy:
             jobs.append(("policy", (spec(policy),), replace(base, n=k)))
         summaries = []
+        prompt_ids = None
+        if src is not None:  # load the file once; every role then samples the same prompts
+            import_stats, ids = run_import(str(store), src)
+            prompt_ids = tuple(ids)
+            summaries.append({"role": "import", "run_id": import_stats.run_id, **dict(import_stats.counts)})
         for role, models, sampling in jobs:
             cfg = GenerateConfig(
                 store=str(store), role=role, models=models, sampling=sampling,
-                prompts=src, backend=backend, backend_options=options,
+                prompt_ids=prompt_ids, backend=backend, backend_options=options,
                 policy_version=policy_version, limit=limit, flush_every=flush_every,
                 progress=show_progress(quiet, as_json),
             )

@@ -36,7 +36,7 @@ def import_(
             teacher_name=teacher_name, teacher_names=tuple(n.strip() for n in (teacher_names or "").split(",") if n.strip()),
             import_traces=not no_traces, on_missing_answer="skip" if skip_missing_answer else "error",
         )
-        stats = run_import(str(store), src)
+        stats, _ = run_import(str(store), src)
         summary = {"run_id": stats.run_id, **dict(stats.counts)}
         if as_json:
             print(json.dumps(summary))

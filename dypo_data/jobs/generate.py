@@ -38,7 +38,10 @@ class GenerateConfig:
     models: tuple[ModelSpec, ...] = field(default=(), metadata={"help": "Models to sample from, one after another."})
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Sampling settings."})
     prompts: PromptSource | None = field(
-        default=None, metadata={"help": "Prompt file to load first; without it, every prompt in the store."}
+        default=None, metadata={"help": "Prompt file to load first; without it, prompt_ids or every stored prompt."}
+    )
+    prompt_ids: tuple[str, ...] | None = field(
+        default=None, metadata={"help": "Generate for these stored prompts, in this order (when prompts is None)."}
     )
     backend: str = field(default="vllm", metadata={"help": "vllm | openai | transformers."})
     backend_options: dict = field(
@@ -60,6 +63,8 @@ class GenerateConfig:
             raise ConfigError(f"role=policy takes one model, got {len(self.models)}", "run once per policy model")
         if self.flush_every < 1:
             raise ConfigError(f"flush_every={self.flush_every} must be >= 1", "use e.g. 256")
+        if self.prompts is not None and self.prompt_ids is not None:
+            raise ConfigError("both prompts and prompt_ids are set", "give a prompt file or stored prompt ids, not both")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit={self.limit} must be >= 1", "omit --limit to use every prompt")
 
@@ -225,7 +230,10 @@ def run_generate(cfg: GenerateConfig) -> JobStats:
     stats = JobStats("generate", run_id)
     writer = ShardWriter(root, run_id)
     sampling = replace(cfg.sampling, logprobs=True) if cfg.role == "policy" else cfg.sampling
-    prompt_ids = ingest_prompts(root, cfg.prompts, writer, stats) if cfg.prompts is not None else None
+    if cfg.prompts is not None:
+        prompt_ids = ingest_prompts(root, cfg.prompts, writer, stats)
+    else:
+        prompt_ids = list(cfg.prompt_ids) if cfg.prompt_ids is not None else None
     prompts = _select_prompts(root, prompt_ids, cfg.limit)
     stats.add("prompts_used", prompts.num_rows)
     existing = set(read_table(root, "traces", ["trace_id"])["trace_id"].to_pylist())

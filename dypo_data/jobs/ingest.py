@@ -38,12 +38,15 @@ def ingest_prompts(root: Path, src: PromptSource, writer: ShardWriter, stats: Jo
     return loaded.prompts["prompt_id"].to_pylist()
 
 
-def run_import(store: str, src: PromptSource) -> JobStats:
-    """`dypo-data import`: prompts and the teacher traces they carry, with no generation."""
+def run_import(store: str, src: PromptSource) -> tuple[JobStats, list[str]]:
+    """`dypo-data import`: prompts and the teacher traces they carry, with no generation.
+
+    Returns the run's stats and the file's prompt ids, in file order.
+    """
     root = Path(store).expanduser()
     check_writable(root)
     stats = JobStats("import", new_run_id("import"))
     writer = ShardWriter(root, stats.run_id)
-    ingest_prompts(root, src, writer, stats)
+    prompt_ids = ingest_prompts(root, src, writer, stats)
     writer.write_manifest(stats.manifest(src))
-    return stats
+    return stats, prompt_ids

@@ -32,6 +32,13 @@ def dypo(*args: str, cache: Path, check: bool = True, timeout: float = 600) -> s
     return result
 
 
+def policy_summary(out: subprocess.CompletedProcess) -> dict:
+    """The policy run's summary in `generate --json` output (the import of the prompt file comes first)."""
+    summaries = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [s["role"] for s in summaries] == ["import", "policy"]
+    return summaries[1]
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
@@ -88,11 +95,11 @@ def test_rerun_generates_nothing_and_larger_k_only_adds(store, cache, problems):
     before = read_table(store, "traces", ["trace_id"])["trace_id"].to_pylist()
     out = dypo("generate", "--store", str(store), "--prompts", str(problems), "--policy", "pol=tiny:3", "-k", "4",
                "--max-tokens", "24", "--dtype", "float32", "--json", cache=cache)
-    summary = json.loads(out.stdout.strip().splitlines()[-1])[0]
+    summary = policy_summary(out)
     assert summary.get("traces_written", 0) == 0
     out = dypo("generate", "--store", str(store), "--prompts", str(problems), "--policy", "pol=tiny:3", "-k", "6",
                "--max-tokens", "24", "--dtype", "float32", "--json", cache=cache)
-    summary = json.loads(out.stdout.strip().splitlines()[-1])[0]
+    summary = policy_summary(out)
     assert summary["traces_written"] == 12 * 2
     after = read_table(store, "traces", ["trace_id"])["trace_id"].to_pylist()
     assert set(before) <= set(after) and len(after) == len(set(after)) == len(before) + 24
