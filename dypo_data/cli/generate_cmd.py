@@ -98,21 +98,22 @@ def generate(
             jobs.append(("teacher", tuple(spec(t) for t in teacher), replace(base, n=m)))
         if policy:
             jobs.append(("policy", (spec(policy),), replace(base, n=k)))
-        summaries = []
-        prompt_ids = None
-        if src is not None:  # load the file once; every role then samples the same prompts
-            import_stats, ids = run_import(str(store), src)
-            prompt_ids = tuple(ids)
-            summaries.append({"role": "import", "run_id": import_stats.run_id, **dict(import_stats.counts)})
-        for role, models, sampling in jobs:
-            cfg = GenerateConfig(
-                store=str(store), role=role, models=models, sampling=sampling,
-                prompt_ids=prompt_ids, backend=backend, backend_options=options,
-                policy_version=policy_version, limit=limit, flush_every=flush_every,
+        configs = [  # validated before anything is written
+            GenerateConfig(
+                store=str(store), role=role, models=models, sampling=sampling, backend=backend,
+                backend_options=options, policy_version=policy_version, limit=limit, flush_every=flush_every,
                 progress=show_progress(quiet, as_json),
             )
+            for role, models, sampling in jobs
+        ]
+        summaries = []
+        if src is not None:  # load the file once; every role then samples the same prompts
+            import_stats, ids = run_import(str(store), src)
+            configs = [replace(cfg, prompt_ids=tuple(ids)) for cfg in configs]
+            summaries.append({"role": "import", "run_id": import_stats.run_id, **dict(import_stats.counts)})
+        for cfg in configs:
             stats = run_generate(cfg)
-            summaries.append({"role": role, "run_id": stats.run_id, **dict(stats.counts), **stats.timings})
+            summaries.append({"role": cfg.role, "run_id": stats.run_id, **dict(stats.counts), **stats.timings})
         if as_json:
             print(json.dumps(summaries, default=str))
         elif not quiet:
