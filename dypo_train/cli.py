@@ -1,17 +1,131 @@
-"""The `dypo-train` command. The trainer is not part of this release; the data it reads is."""
+"""The `dypo-train` command.
+
+Examples:
+    dypo-train recipes                                           # the recipes and what each does
+    dypo-train run --recipe dypo --store demo_store --policy smollm2
+    dypo-train run --recipe grpo --store demo_store --mode online --set rollout.k=4 --set run.max_steps=20
+    dypo-train run --config my.yaml --set loss.alpha=0.8         # a YAML recipe of your own
+    dypo-train run --resume runs/dypo-20261125-101500            # continue a killed run
+    dypo-train config --recipe dypo-code                         # print the resolved config
+    accelerate launch --multi_gpu --num_processes 2 -m dypo_train.cli run --store demo_store   # data parallel
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dypo_data.errors import DypoError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train a policy with DYPO or one of its baselines.")
+
+RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", "-r", help="Named recipe (see `dypo-train recipes`); default dypo.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (sections model, data, loss, optim, rollout, run).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a field: section.field=value (repeatable).")]
+
+
+def _fail(exc: DypoError) -> None:
+    hint = f" (fix: {exc.hint})" if exc.hint else ""
+    print(f"error: {exc.message}{hint}", file=sys.stderr)
+    raise typer.Exit(exc.exit_code)
+
+
+def _setup_logging(verbose: bool) -> None:
+    if not verbose:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _overrides(sets: list[str] | None, **flags: object) -> list[str]:
+    """Shortcut flags become overrides (before --set, so --set wins)."""
+    out = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    return out + list(sets or [])
+
+
+@app.command()
+def run(
+    recipe: RecipeOpt = None,
+    config: ConfigOpt = None,
+    store: Annotated[Optional[str], typer.Option(help="Store made by dypo-data (data.store).")] = None,
+    policy: Annotated[Optional[str], typer.Option(help="Policy: model dir, smollm2 or tiny[:SEED] (model.policy).")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="offline or online (data.mode).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (run.max_steps).")] = None,
+    output_dir: Annotated[Optional[str], typer.Option(help="Where runs are written (run.output_dir).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name (run.name).")] = None,
+    sets: SetOpt = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO (vLLM too).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and the final summary.")] = False,
+) -> None:
+    """Train: offline on the store's rollout groups, or online sampling from the policy as it trains."""
+    _setup_logging(verbose)
+    try:
+        from dypo_train.recipes import resolve
+
+        overrides = _overrides(sets, **{"data.store": store, "model.policy": policy, "data.mode": mode, "run.max_steps": max_steps,
+                                        "run.output_dir": output_dir, "run.name": name})
+        cfg = resolve(recipe, config, overrides)
+        from dypo_train.loop.run import run_training
+
+        printer = None if quiet else (lambda line: print(line, flush=True))
+        run_dir, history = run_training(cfg, resume=resume, progress=printer)
+    except DypoError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        print("interrupted: continue with `dypo-train run --resume RUN_DIR` from the last checkpoint", file=sys.stderr)
+        raise typer.Exit(130) from None
+    last = history[-1] if history else {}
+    summary = {"run_dir": str(run_dir), "steps": len(history), "reward_mean_last": last.get("reward/mean"),
+               "offline_ratio_last": last.get("tier/offline_ratio")}
+    print(json.dumps(summary))
+
+
+@app.command()
+def recipes() -> None:
+    """List the recipes with the first line of their description."""
+    from importlib import resources
+
+    from dypo_train.recipes import recipe_names
+
+    for name in recipe_names():
+        text = resources.files("dypo_train.recipes").joinpath(f"{name}.yaml").read_text()
+        first = next((line[2:] for line in text.splitlines() if line.startswith("# ")), "")
+        print(f"{name:18s} {first}")
+
+
+@app.command("config")
+def show_config(
+    recipe: RecipeOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    help_fields: Annotated[bool, typer.Option("--help-fields", help="Print every field with its help instead.")] = False,
+) -> None:
+    """Print the resolved config (defaults < recipe < file < --set) as YAML."""
+    try:
+        if help_fields:
+            from dypo_train.config import field_help
+
+            for key, text in field_help().items():
+                print(f"{key}\n    {text}")
+            return
+        import yaml
+
+        from dypo_train.recipes import resolve
+
+        print(yaml.safe_dump(resolve(recipe, config, sets or []).to_dict(), sort_keys=False), end="")
+    except DypoError as exc:
+        _fail(exc)
 
 
 def main() -> None:
-    print(
-        "error: dypo-train is not available in this release "
-        "(fix: prepare data with `dypo-data generate` and `dypo-data verify`; training lands in the next release)",
-        file=sys.stderr,
-    )
-    sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ Tables
 - traces:   one row per completion (teacher trace, policy rollout or eval sample). Policy rollouts
             carry the token ids and the sampling logprob of each completion token.
 - verdicts: one row per (trace, verifier settings); kept apart so traces are never rewritten.
+- train_metrics: one row per (training run, step, metric name): the trainer's log, long format.
+- train_samples: one row per (training run, step, prompt): the tier the gate saw, where the prompt
+            was routed (sft | rl | skip:<reason>), its rollout group and the teacher trace trained on.
+            Joins train_metrics to the prompts, groups and traces a step learned from.
 """
 
 from __future__ import annotations
@@ -117,4 +121,37 @@ VERDICTS = _schema(
     ],
 )
 
-TABLES: dict[str, pa.Schema] = {"prompts": PROMPTS, "traces": TRACES, "verdicts": VERDICTS}
+TRAIN_METRICS = _schema(
+    "train_metrics",
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("name", pa.string(), nullable=False),  # slash-namespaced: loss/sft, tier/hard, ...
+        pa.field("value", pa.float64()),
+        pa.field("created_at", _TS),
+    ],
+)
+
+TRAIN_SAMPLES = _schema(
+    "train_samples",
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("group_id", pa.string()),  # the rollout group graded (null: no rollouts, e.g. SFT only)
+        pa.field("tier", pa.string(), nullable=False),  # easy | mid | hard | unscored
+        pa.field("route", pa.string(), nullable=False),  # sft | rl | sft+rl | skip:<reason>
+        pa.field("teacher_trace_id", pa.string()),  # the SFT target, when one was trained on
+        pa.field("n_rollouts", pa.int32()),
+        pa.field("n_correct", pa.int32()),
+        pa.field("created_at", _TS),
+    ],
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "prompts": PROMPTS,
+    "traces": TRACES,
+    "verdicts": VERDICTS,
+    "train_metrics": TRAIN_METRICS,
+    "train_samples": TRAIN_SAMPLES,
+}

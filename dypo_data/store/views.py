@@ -7,6 +7,8 @@ Views (all deduplicated by their ids, so an interrupted-and-resumed run never co
 - scored_traces:               traces joined with their prompt and latest verdict.
 - groups:                      policy rollout groups: k, n_graded, n_correct, mean reward, tier.
 - teacher_pool:                teacher traces the verifier marked correct (the SFT targets).
+- train_metrics, train_samples: what dypo-train logged per step and where each prompt went; a
+                               step retrained after a resume keeps its latest rows.
 
 The same data is readable with no project code: `SELECT * FROM 'STORE/traces/*.parquet'`.
 """
@@ -20,10 +22,13 @@ import duckdb
 from dypo_data.contracts.schemas import TABLES
 from dypo_data.store.shards import shard_files
 
+# table -> (key, ORDER BY of the row kept among duplicates of the key)
 _DEDUP = {
-    "prompts": "prompt_id",
-    "traces": "trace_id",
-    "verdicts": "verdict_id",
+    "prompts": ("prompt_id", "created_at"),
+    "traces": ("trace_id", "created_at"),
+    "verdicts": ("verdict_id", "created_at"),
+    "train_metrics": ("run_id, step, name", "created_at DESC"),
+    "train_samples": ("run_id, step, prompt_id", "created_at DESC"),
 }
 
 # Tier of a rollout group from its graded samples: the DYPO gate.
@@ -83,11 +88,11 @@ def _table_source(con: duckdb.DuckDBPyConnection, root: Path, table: str) -> str
 def connect(root: Path, *, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with every view of the store defined."""
     con = duckdb.connect(database)
-    for table, key in _DEDUP.items():
+    for table, (key, order) in _DEDUP.items():
         source = _table_source(con, root, table)
         con.execute(
             f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM ({source}) "
-            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY created_at) = 1"
+            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order}) = 1"
         )
     for name, sql in DERIVED_VIEWS.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")

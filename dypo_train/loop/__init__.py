@@ -1,0 +1,1 @@
+"""The Accelerate training loop: planning a step, the objective, checkpoints, metrics, a whole run."""

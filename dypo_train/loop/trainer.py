@@ -1,0 +1,273 @@
+"""The training loop: one optimizer step per batch of prompts, read top to bottom in `Trainer.train`.
+
+Phases of a step (each timed and logged under `time/`):
+
+1. data      the step's prompt groups: read from the store (offline) or sampled, verified and
+             stored by the in-process engine (online: `time/generate`, `time/verify`);
+2. plan      grade each group, route prompts by the gate, compute advantages (same on every process);
+3. train     this process's share of prompts in micro-batches of whole groups; gradients add up over
+             micro-batches (DDP syncs on the last only); losses use whole-step denominators;
+4. update    non-finite loss -> stop before the optimizer touches the weights; clip, step, schedule;
+5. sync      online: push the new weights into the engine (`time/weight_sync`);
+6. log       console, trackers, store tables; checkpoint every `run.checkpoint_every` steps.
+
+Launch: `dypo-train run ...` on one process, `accelerate launch --multi_gpu --num_processes N -m
+dypo_train.cli run ...` (CPU gloo or GPUs) or with a shipped accelerate config for FSDP/ZeRO-3.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from dypo_data.errors import DypoError
+from dypo_train import ops
+from dypo_train.config import TrainConfig
+from dypo_train.loop.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from dypo_train.loop.metrics import StoreMetrics, console_line
+from dypo_train.loop.objective import Denominators, collate, completion_logits, micro_batch_loss, step_denominators
+from dypo_train.loop.plan import RL, SFT, Row, StepPlan, micro_batches, plan_step, shard_prompts
+from dypo_train.loop.setup import TrainSetup
+from dypo_train.stream.tokens import TokenizedSequence
+from dypo_train.stream.types import PromptGroup
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(DypoError):
+    """Training cannot go on (a non-finite loss, ...); the last checkpoint is intact."""
+
+
+class GroupSource(Protocol):
+    """Where a step's prompt groups come from (offline store reader or online sampler)."""
+
+    def total_steps(self) -> int: ...
+    def groups(self, step: int) -> tuple[list[PromptGroup], dict[str, float]]: ...
+    def after_update(self, step: int) -> dict[str, float]: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class StepResult:
+    metrics: dict[str, float]
+    plan: StepPlan
+
+
+@dataclass
+class Trainer:
+    """Runs `cfg` on prepared components; see the module docstring."""
+
+    cfg: TrainConfig
+    setup: TrainSetup
+    source: GroupSource
+    run_dir: Path
+    run_id: str
+    start_step: int = 0
+    sft_buffer: list[Row] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def acc(self) -> Any:
+        return self.setup.accelerator
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def train(self, *, progress: Any = None) -> list[dict[str, float]]:
+        total = self.source.total_steps()
+        store_metrics = StoreMetrics(Path(self.cfg.data.store), self.run_id) if self.acc.is_main_process else None
+        for step in range(self.start_step, total):
+            started = time.perf_counter()
+            groups, timings = self.source.groups(step)  # 1. data
+            result = self.train_step(step, groups)  # 2-4. plan, train, update
+            timings.update(self.source.after_update(step))  # 5. sync
+            timings["time/step"] = time.perf_counter() - started
+            metrics = {**result.metrics, **timings}
+            self.history.append(metrics)
+            self._log(step + 1, total, metrics, result, store_metrics, progress)  # 6. log
+            done = step + 1
+            if self.cfg.run.checkpoint_every and done % self.cfg.run.checkpoint_every == 0 and done < total:
+                self.checkpoint(done, store_metrics)
+        self.checkpoint(total, store_metrics)
+        return self.history
+
+    def _log(self, step: int, total: int, metrics: dict[str, float], result: StepResult, store_metrics: StoreMetrics | None,
+             progress: Any) -> None:
+        self.acc.log(metrics, step=step)
+        if store_metrics is not None:
+            store_metrics.add(step, metrics, result.plan.records)
+        if self.acc.is_main_process and (step % self.cfg.run.log_every == 0 or step == total):
+            line = console_line(step, total, metrics)
+            if progress is not None:
+                progress(line)
+            else:
+                log.info(line)
+
+    def checkpoint(self, step: int, store_metrics: StoreMetrics | None) -> Path:
+        state = {
+            "step": step,
+            "run_id": self.run_id,
+            "sft_buffer": [_row_state(r) for r in self.sft_buffer],
+        }
+        path = save_checkpoint(self.acc, self.setup.model, self.setup.tokenizer, self.run_dir, step, state,
+                               keep=self.cfg.run.keep_checkpoints)
+        if store_metrics is not None:
+            store_metrics.flush()
+        return path
+
+    def restore(self) -> int:
+        """Load the run's latest checkpoint; returns the step to continue from (0 when none)."""
+        checkpoint = latest_checkpoint(self.run_dir)
+        if checkpoint is None:
+            return 0
+        self.acc.load_state(str(checkpoint / "state"))
+        state = load_trainer_state(checkpoint)
+        self.sft_buffer = [_row_from_state(r) for r in state["sft_buffer"]]
+        self.start_step = int(state["step"])
+        self.run_id = state["run_id"]
+        return self.start_step
+
+    # -- one step ----------------------------------------------------------------------------------
+
+    def gate_at(self, step: int) -> str:
+        return "sft" if step < self.cfg.run.sft_steps else self.cfg.loss.gate
+
+    def train_step(self, step: int, groups: list[PromptGroup]) -> StepResult:
+        cfg = self.cfg
+        buffer_sft = cfg.optim.sft_buffer > 0
+        plan = plan_step(groups, step=step, gate=self.gate_at(step), loss=cfg.loss, tokenizer=self.setup.tokenizer,
+                         max_completion_tokens=cfg.data.max_completion_tokens, seed=cfg.data.seed, buffer_sft=buffer_sft)
+        metrics = dict(plan.counts)
+        started = time.perf_counter()
+        sums, tokens = self._update(plan.rows, self.setup.optimizer, self.setup.scheduler, metrics)
+        if buffer_sft:
+            self.sft_buffer.extend(plan.sft_buffer)
+            metrics["sft_buffer/size"] = float(len(self.sft_buffer))
+            if len(self.sft_buffer) >= cfg.optim.sft_buffer:
+                rows = [Row(i, SFT, r.seq, sft_weight=r.sft_weight) for i, r in enumerate(self.sft_buffer)]
+                sft_sums, sft_tokens = self._update(rows, self.setup.sft_optimizer, None, metrics, prefix="sft_update/")
+                sums.update({f"sft_update/{k}": v for k, v in sft_sums.items()})
+                tokens += sft_tokens
+                self.sft_buffer = []
+        seconds = time.perf_counter() - started
+        metrics.update(_summarise(sums))
+        metrics["time/train"] = seconds
+        metrics["perf/tokens"] = float(tokens)
+        metrics["perf/tokens_per_s"] = tokens / seconds if seconds > 0 else 0.0
+        metrics["lr"] = float(self.setup.scheduler.get_last_lr()[0])
+        return StepResult(metrics, plan)
+
+    def _update(self, rows: list[Row], optimizer: Any, scheduler: Any, metrics: dict[str, float], *, prefix: str = "") -> tuple[dict[str, float], int]:
+        """Forward/backward every micro-batch of `rows` (this process's share), then one optimizer step."""
+        cfg, acc = self.cfg, self.acc
+        if not rows:  # nothing to learn from at this step (e.g. every group easy): no update anywhere
+            metrics[f"{prefix}grad/norm"] = 0.0
+            metrics[f"{prefix}update/skipped"] = 1.0
+            return {}, 0
+        den = step_denominators(rows, cfg.loss, max_completion_tokens=cfg.data.max_completion_tokens)
+        mine = shard_prompts(rows, rank=acc.process_index, world_size=acc.num_processes)
+        batches = micro_batches(mine, cfg.run.micro_batch_size) or [[_null_row(rows[0])]]
+        sums: dict[str, torch.Tensor] = {}
+        tokens = 0
+        for i, micro in enumerate(batches):
+            last = i == len(batches) - 1
+            with acc.no_sync(self.setup.model) if not last else nullcontext():
+                part, part_sums, n = self._micro_step(micro, den)
+            tokens += n
+            for key, value in part_sums.items():
+                sums[key] = sums.get(key, 0.0) + value
+        total = self._reduce(sums)
+        loss = sum(v for k, v in total.items() if k.startswith("loss/"))
+        if not math.isfinite(loss):
+            optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(f"non-finite loss {loss} at this step; the weights were not updated",
+                                "lower optim.lr or check the data (the last checkpoint is intact; resume from it)")
+        max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
+        norm = acc.clip_grad_norm_(self.setup.model.parameters(), max_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        metrics[f"{prefix}grad/norm"] = float(norm)
+        metrics[f"{prefix}loss/total"] = loss
+        return total, tokens
+
+    def _micro_step(self, rows: list[Row], den: Denominators) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        cfg, acc, model = self.cfg, self.acc, self.setup.model
+        batch = collate(rows, self.setup.pad_id, acc.device)
+        logits = completion_logits(model, batch)  # (N, T, V)
+        logprobs = ops.token_logprobs(logits, batch.completion_ids)  # (N, T)
+        ref = self._ref_logprobs(batch, rows)
+        loss, sums = micro_batch_loss(logprobs, batch, den, cfg.loss, ref_logprobs=ref, old_mode=cfg.data.old_logprobs)
+        rl_rows = torch.tensor([r.kind == RL and r.rl_weight + r.gal_weight > 0 for r in rows], device=batch.mask.device)
+        if rl_rows.any():
+            entropy = ops.token_entropy(logits.detach())  # (N, T)
+            m = batch.mask * rl_rows.unsqueeze(1)
+            sums["policy/entropy_sum"] = (entropy * m).sum()
+            sums["policy/tokens"] = m.sum()
+            sums["policy/length_sum"] = m.sum()
+            sums["policy/rows"] = rl_rows.sum().float()
+        acc.backward(loss * acc.num_processes)  # DDP averages over processes; the denominators are global
+        return loss, sums, batch.num_tokens
+
+    def _ref_logprobs(self, batch: Any, rows: list[Row]) -> torch.Tensor | None:
+        loss = self.cfg.loss
+        needs = (loss.beta_kl > 0 and any(r.kind == RL for r in rows)) or (
+            loss.gal_reference and any(r.gal_weight > 0 for r in rows))
+        if not needs or self.setup.reference is None:
+            return None
+        with torch.no_grad(), self.acc.autocast():
+            logits = completion_logits(self.setup.reference, batch)
+            return ops.token_logprobs(logits, batch.completion_ids)
+
+    def _reduce(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Sum metric tensors over processes (every process holds the same keys in the same order)."""
+        keys = sorted(sums)
+        if not keys:
+            return {}
+        stacked = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32, device=self.acc.device).detach().reshape(()) for k in keys])
+        if self.acc.num_processes > 1:
+            stacked = self.acc.reduce(stacked, reduction="sum")
+        return dict(zip(keys, stacked.tolist()))
+
+
+_METRIC_KEYS = ("loss/sft", "loss/rl", "loss/gal", "loss/offpolicy", "sft/nll_sum", "sft/tokens", "rl/clip_sum", "rl/kl_sum",
+                "rl/tokens", "gal/pair_acc_sum", "gal/margin_sum", "gal/pairs", "policy/entropy_sum", "policy/tokens",
+                "policy/length_sum", "policy/rows")
+
+
+def _null_row(template: Row) -> Row:
+    """A zero-weight row: a process with no prompts at this step still joins DDP's gradient sync."""
+    return Row(template.prompt_pos, SFT, template.seq)
+
+
+def _summarise(sums: dict[str, float]) -> dict[str, float]:
+    """Sums over the step -> the logged means."""
+    out = {k: v for k, v in sums.items() if k.startswith("loss/") or k.startswith("sft_update/loss/")}
+
+    def ratio(num: str, den: str, name: str) -> None:
+        if den in sums and sums[den] > 0:
+            out[name] = sums.get(num, 0.0) / sums[den]
+
+    ratio("sft/nll_sum", "sft/tokens", "sft/nll")
+    ratio("rl/clip_sum", "rl/tokens", "rl/clip_frac")
+    ratio("rl/kl_sum", "rl/tokens", "rl/kl")
+    ratio("gal/pair_acc_sum", "gal/pairs", "gal/pair_acc")
+    ratio("gal/margin_sum", "gal/pairs", "gal/margin")
+    ratio("policy/entropy_sum", "policy/tokens", "policy/entropy")
+    ratio("policy/length_sum", "policy/rows", "policy/response_length")
+    return out
+
+
+def _row_state(row: Row) -> dict[str, Any]:
+    return {"prompt_ids": row.seq.prompt_ids, "completion_ids": row.seq.completion_ids, "sft_weight": row.sft_weight}
+
+
+def _row_from_state(state: dict[str, Any]) -> Row:
+    return Row(0, SFT, TokenizedSequence(list(state["prompt_ids"]), list(state["completion_ids"])), sft_weight=float(state["sft_weight"]))

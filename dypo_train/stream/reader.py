@@ -1,0 +1,184 @@
+"""Reads a step's prompt groups from the store with DuckDB, one step at a time.
+
+Only ids are held for the whole run (the list of units a run iterates over); the rows of a step
+(its rollouts with token ids, rewards and logprobs, its teacher pool) are queried when the step
+needs them, so the store is never loaded whole.
+
+The data order is a pure function of (seed, step): step s reads batch s % steps_per_epoch of the
+permutation of epoch s // steps_per_epoch. Resuming at any step, an epoch boundary included,
+reads exactly what an uninterrupted run would have read.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from dypo_data.errors import InputError
+from dypo_data.store import connect, open_store
+from dypo_data.store.queries import fetch_arrow
+from dypo_train.stream.types import PromptGroup, Rollout, TeacherTrace
+
+log = logging.getLogger(__name__)
+
+Unit = str  # a group_id (offline rollouts) or a prompt_id (SFT only, online)
+
+_GROUP_UNITS = """
+    SELECT group_id, k, model FROM groups
+    WHERE tier <> 'unscored' AND (? = '' OR model = ?)
+    ORDER BY group_id
+"""
+_UNSCORED_GROUPS = "SELECT count(*) FROM groups WHERE tier = 'unscored' AND (? = '' OR model = ?)"
+_TEACHER_PROMPT_UNITS = "SELECT DISTINCT prompt_id FROM teacher_pool WHERE list_contains(?, model) ORDER BY prompt_id"
+_PROMPT_UNITS = "SELECT prompt_id FROM prompts ORDER BY prompt_id"
+_TEACHER_NAMES = "SELECT DISTINCT model FROM traces WHERE role = 'teacher' ORDER BY model"
+_ROLLOUTS = """
+    SELECT group_id, prompt_id, trace_id, sample_idx, prompt_token_ids, completion_token_ids,
+           completion_logprobs, reward, correct
+    FROM scored_traces
+    WHERE role = 'policy' AND list_contains(?, group_id)
+    ORDER BY group_id, sample_idx, trace_id
+"""
+_PROMPTS = "SELECT prompt_id, messages, answer FROM prompts WHERE list_contains(?, prompt_id)"
+_TEACHERS = """
+    SELECT prompt_id, trace_id, model, completion FROM teacher_pool
+    WHERE list_contains(?, prompt_id) AND list_contains(?, model)
+    ORDER BY prompt_id, model, trace_id
+"""
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """What a run iterates over: its units, in store order, and the group size."""
+
+    units: list[Unit]
+    unit_kind: str  # "group" or "prompt"
+    k: int | None  # rollouts per group (offline groups); None for prompt units
+    teachers: list[str]
+    skipped_unscored: int = 0
+
+
+class StoreStream:
+    """Prompt groups of a store, batch by batch; see the module docstring."""
+
+    def __init__(self, store: str | Path, *, unit_kind: str, rollout_model: str = "", teachers: list[str] | None = None,
+                 max_teachers: int = 0, seed: int = 0) -> None:
+        self.root = open_store(store)
+        self.con = connect(self.root)
+        self.seed = seed
+        self.plan = self._plan(unit_kind, rollout_model, teachers or [], max_teachers)
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def _teacher_names(self, wanted: list[str], max_teachers: int) -> list[str]:
+        present = [r[0] for r in self.con.execute(_TEACHER_NAMES).fetchall()]
+        if wanted:
+            missing = sorted(set(wanted) - set(present))
+            if missing:
+                raise InputError(f"teacher(s) {missing} have no traces in store {self.root}",
+                                 f"use some of: {', '.join(present) or '(none: generate teacher traces first)'}")
+            present = [t for t in present if t in wanted]
+        return present[:max_teachers] if max_teachers else present
+
+    def _plan(self, unit_kind: str, rollout_model: str, wanted: list[str], max_teachers: int) -> StreamPlan:
+        teachers = self._teacher_names(wanted, max_teachers)
+        if unit_kind == "group":
+            rows = self.con.execute(_GROUP_UNITS, [rollout_model, rollout_model]).fetchall()
+            unscored = self.con.execute(_UNSCORED_GROUPS, [rollout_model, rollout_model]).fetchall()[0][0]
+            if not rows:
+                which = f" of model {rollout_model!r}" if rollout_model else ""
+                raise InputError(
+                    f"store {self.root} has no graded rollout groups{which} ({unscored} unscored)",
+                    "generate policy rollouts with `dypo-data generate --policy ...` and grade them with `dypo-data verify`, "
+                    "or train online with data.mode=online",
+                )
+            ks = sorted({int(r[1]) for r in rows})
+            if len(ks) > 1:
+                raise InputError(
+                    f"store {self.root} mixes rollout groups of different sizes k={ks}",
+                    "select one group size with data.rollout_model=<model>, or regenerate so every group has the same k",
+                )
+            return StreamPlan([r[0] for r in rows], "group", ks[0], teachers, unscored)
+        if unit_kind == "teacher_prompt":
+            rows = self.con.execute(_TEACHER_PROMPT_UNITS, [teachers]).fetchall()
+            if not rows:
+                raise InputError(f"store {self.root} has no verified-correct teacher traces",
+                                 "generate them with `dypo-data generate --teacher ...` and `dypo-data verify`")
+            return StreamPlan([r[0] for r in rows], "prompt", None, teachers)
+        rows = self.con.execute(_PROMPT_UNITS).fetchall()
+        if not rows:
+            raise InputError(f"store {self.root} has no prompts", "add some with `dypo-data import FILE --store ...`")
+        return StreamPlan([r[0] for r in rows], "prompt", None, teachers)
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Full batches per pass (a last partial batch is dropped, as every step has the same size)."""
+        return max(1, len(self.plan.units) // batch_size)
+
+    def units_for_step(self, step: int, batch_size: int) -> list[Unit]:
+        """The units of optimizer step `step` (0-based)."""
+        per_epoch = self.steps_per_epoch(batch_size)
+        epoch, index = divmod(step, per_epoch)
+        order = list(self.plan.units)
+        random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        return order[index * batch_size:(index + 1) * batch_size]
+
+    def epoch_of(self, step: int, batch_size: int) -> float:
+        return step / self.steps_per_epoch(batch_size)
+
+    def read(self, units: list[Unit]) -> list[PromptGroup]:
+        """The prompt groups of `units`, in the order given."""
+        if self.plan.unit_kind == "group":
+            rollouts = fetch_arrow(self.con, _ROLLOUTS, [units]).to_pylist()
+            by_group: dict[str, list[dict]] = {}
+            for row in rollouts:
+                by_group.setdefault(row["group_id"], []).append(row)
+            prompt_of = {g: rows[0]["prompt_id"] for g, rows in by_group.items()}
+        else:
+            by_group, prompt_of = {}, {u: u for u in units}
+        prompt_ids = sorted(set(prompt_of.values()))
+        prompts = {r["prompt_id"]: r for r in fetch_arrow(self.con, _PROMPTS, [prompt_ids]).to_pylist()}
+        teachers: dict[str, list[TeacherTrace]] = {}
+        for r in fetch_arrow(self.con, _TEACHERS, [prompt_ids, self.plan.teachers]).to_pylist():
+            teachers.setdefault(r["prompt_id"], []).append(TeacherTrace(r["trace_id"], r["model"], r["completion"]))
+        out = []
+        for unit in units:
+            pid = prompt_of.get(unit)
+            if pid is None or pid not in prompts:
+                raise InputError(f"unit {unit} of store {self.root} has no prompt row", "re-import the prompts of this store")
+            p = prompts[pid]
+            out.append(PromptGroup(
+                prompt_id=pid,
+                messages=[dict(m) for m in p["messages"]],
+                answer=p["answer"],
+                group_id=unit if self.plan.unit_kind == "group" else None,
+                rollouts=[_rollout(r) for r in by_group.get(unit, [])],
+                teachers=teachers.get(pid, []),
+            ))
+        return out
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def _rollout(row: dict) -> Rollout:
+    reward = None if row["correct"] is None else (float(row["reward"]) if row["reward"] is not None else float(row["correct"]))
+    return Rollout(
+        trace_id=row["trace_id"],
+        sample_idx=int(row["sample_idx"]),
+        prompt_token_ids=list(row["prompt_token_ids"] or []),
+        completion_token_ids=list(row["completion_token_ids"] or []),
+        logprobs=list(row["completion_logprobs"]) if row["completion_logprobs"] is not None else None,
+        reward=reward,
+    )
+
+
+def total_steps(steps_per_epoch: int, *, max_steps: int, epochs: int) -> int:
+    """Optimizer steps of a run: max_steps when set, else epochs x steps_per_epoch."""
+    return max_steps if max_steps > 0 else epochs * steps_per_epoch
+
+
+__all__ = ["StoreStream", "StreamPlan", "total_steps"]
