@@ -21,7 +21,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dypo_data.errors import DypoError
+from dypo_data.errors import ConfigError, DypoError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train a policy with DYPO or one of its baselines.")
 
@@ -39,6 +39,8 @@ def _fail(exc: DypoError) -> None:
 def _setup_logging(verbose: bool) -> None:
     if not verbose:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -47,6 +49,32 @@ def _overrides(sets: list[str] | None, **flags: object) -> list[str]:
     """Shortcut flags become overrides (before --set, so --set wins)."""
     out = [f"{key}={value}" for key, value in flags.items() if value is not None]
     return out + list(sets or [])
+
+
+class ConsoleReporter:
+    """Per-step lines on stdout; a progress bar with the step rate on stderr when it is a terminal."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def start(self, total: int, initial: int) -> None:
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", desc="dypo-train", file=sys.stderr)
+
+    def step(self, step: int, line: str | None) -> None:
+        if line:
+            if self.bar is not None:
+                self.bar.write(line, file=sys.stdout)
+            else:
+                print(line, flush=True)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @app.command()
@@ -71,11 +99,10 @@ def run(
 
         overrides = _overrides(sets, **{"data.store": store, "model.policy": policy, "data.mode": mode, "run.max_steps": max_steps,
                                         "run.output_dir": output_dir, "run.name": name})
-        cfg = resolve(recipe, config, overrides)
+        cfg = None if resume is not None else resolve(recipe, config, overrides)  # a resumed run keeps its saved config
         from dypo_train.loop.run import run_training
 
-        printer = None if quiet else (lambda line: print(line, flush=True))
-        run_dir, history = run_training(cfg, resume=resume, progress=printer)
+        run_dir, history = run_training(cfg, resume=resume, overrides=overrides, reporter=None if quiet else ConsoleReporter())
     except DypoError as exc:
         _fail(exc)
     except KeyboardInterrupt:

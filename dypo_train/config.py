@@ -264,6 +264,9 @@ def _field_type(key: str) -> Any:
     return hints[name]
 
 
+_YAML_BOOLS = {"no": False, "off": False, "false": False, "yes": True, "on": True, "true": True}
+
+
 def coerce(key: str, value: Any) -> Any:
     """A value (YAML-typed, or a command-line string) -> the field's type; a mismatch is a ConfigError."""
     typ = _field_type(key)
@@ -271,6 +274,9 @@ def coerce(key: str, value: Any) -> Any:
     try:
         if origin is Literal:
             choices = typing.get_args(typ)
+            if isinstance(value, bool):  # YAML 1.1 reads no/yes/off/on as booleans: `mixed_precision: no`
+                spelled = [c for c in choices if isinstance(c, str) and _YAML_BOOLS.get(c.lower()) is value]
+                value = spelled[0] if len(spelled) == 1 else value
             if value not in choices:
                 raise ConfigError(f"{key}={value!r} must be one of {', '.join(map(str, choices))}", f"set {key} to one of them")
             return value

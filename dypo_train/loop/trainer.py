@@ -45,6 +45,26 @@ class TrainingError(DypoError):
     """Training cannot go on (a non-finite loss, ...); the last checkpoint is intact."""
 
 
+class Reporter(Protocol):
+    """Shows a run's progress (the CLI's progress bar); the library default logs one line per logged step."""
+
+    def start(self, total: int, initial: int) -> None: ...
+    def step(self, step: int, line: str | None) -> None: ...
+    def close(self) -> None: ...
+
+
+class LogReporter:
+    def start(self, total: int, initial: int) -> None:
+        log.info("training steps %d..%d", initial + 1, total)
+
+    def step(self, step: int, line: str | None) -> None:
+        if line:
+            log.info(line)
+
+    def close(self) -> None:
+        pass
+
+
 class GroupSource(Protocol):
     """Where a step's prompt groups come from (offline store reader or online sampler)."""
 
@@ -79,9 +99,21 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def train(self, *, progress: Any = None) -> list[dict[str, float]]:
+    def train(self, *, reporter: Reporter | None = None) -> list[dict[str, float]]:
         total = self.source.total_steps()
         store_metrics = StoreMetrics(Path(self.cfg.data.store), self.run_id) if self.acc.is_main_process else None
+        reporter = reporter if reporter is not None and self.acc.is_main_process else (LogReporter() if self.acc.is_main_process else None)
+        if reporter is not None:
+            reporter.start(total, self.start_step)
+        try:
+            self._train_steps(total, store_metrics, reporter)
+        finally:
+            if reporter is not None:
+                reporter.close()
+        self.checkpoint(total, store_metrics)
+        return self.history
+
+    def _train_steps(self, total: int, store_metrics: StoreMetrics | None, reporter: Reporter | None) -> None:
         for step in range(self.start_step, total):
             started = time.perf_counter()
             groups, timings = self.source.groups(step)  # 1. data
@@ -90,24 +122,19 @@ class Trainer:
             timings["time/step"] = time.perf_counter() - started
             metrics = {**result.metrics, **timings}
             self.history.append(metrics)
-            self._log(step + 1, total, metrics, result, store_metrics, progress)  # 6. log
+            self._log(step + 1, total, metrics, result, store_metrics, reporter)  # 6. log
             done = step + 1
             if self.cfg.run.checkpoint_every and done % self.cfg.run.checkpoint_every == 0 and done < total:
                 self.checkpoint(done, store_metrics)
-        self.checkpoint(total, store_metrics)
-        return self.history
 
     def _log(self, step: int, total: int, metrics: dict[str, float], result: StepResult, store_metrics: StoreMetrics | None,
-             progress: Any) -> None:
+             reporter: Reporter | None) -> None:
         self.acc.log(metrics, step=step)
         if store_metrics is not None:
             store_metrics.add(step, metrics, result.plan.records)
-        if self.acc.is_main_process and (step % self.cfg.run.log_every == 0 or step == total):
-            line = console_line(step, total, metrics)
-            if progress is not None:
-                progress(line)
-            else:
-                log.info(line)
+        if reporter is not None:
+            due = step % self.cfg.run.log_every == 0 or step == total
+            reporter.step(step, console_line(step, total, metrics) if due else None)
 
     def checkpoint(self, step: int, store_metrics: StoreMetrics | None) -> Path:
         state = {

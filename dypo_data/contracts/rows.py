@@ -1,0 +1,89 @@
+"""Row builders of the traces and verdicts tables: one place decides what a stored row holds.
+
+`dypo-data generate` / `verify` and the trainer's online rollouts build their rows here, so the
+views (groups, scored_traces, teacher_pool) cannot tell the writers apart. Stdlib only: the
+arguments are plain values or objects duck-typed by the attributes they need (a backend's
+`ModelSpec` / `SamplingConfig` through `.settings()`, a grading `Grade` through its fields).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from dypo_data.contracts.ids import group_id, settings_hash, trace_id, verdict_id
+
+VERIFIER_NAME = "math-verify"
+
+
+class _HasSettings(Protocol):
+    def settings(self) -> dict[str, Any]: ...
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def trace_settings(role: str, model: _HasSettings, sampling: _HasSettings) -> dict:
+    """Everything that shapes a sample, recorded with each trace and hashed into its id."""
+    return {"role": role, "model": model.settings(), "sampling": sampling.settings()}
+
+
+def trace_row(
+    *, prompt_id: str, model: str, role: str, sample_idx: int, shash: str, policy_version: str | None,
+    completion: str, num_tokens: int | None, finish_reason: str | None, sampling_json: str, backend: str,
+    source: str, run_id: str | None, model_path: str | None, gen_seconds: float | None, created_at: dt.datetime,
+    prompt_token_ids: Sequence[int] | None = None, completion_token_ids: Sequence[int] | None = None,
+    completion_logprobs: Sequence[float] | None = None,
+) -> dict:
+    """One traces row. Only policy rollouts carry a policy version and a group id (prompt, model,
+    settings, version): the k samples of one prompt under one setting form one group."""
+    version = policy_version if role == "policy" else None
+    return {
+        "trace_id": trace_id(prompt_id, model, role, sample_idx, shash, version),
+        "prompt_id": prompt_id,
+        "run_id": run_id,
+        "role": role,
+        "model": model,
+        "model_path": model_path,
+        "group_id": group_id(prompt_id, model, shash, version) if role == "policy" else None,
+        "sample_idx": sample_idx,
+        "policy_version": version,
+        "completion": completion,
+        "num_tokens": num_tokens,
+        "finish_reason": finish_reason,
+        "sampling": sampling_json,
+        "settings_hash": shash,
+        "backend": backend,
+        "source": source,
+        "gen_seconds": gen_seconds,
+        "created_at": created_at,
+        "prompt_token_ids": None if prompt_token_ids is None else list(prompt_token_ids),
+        "completion_token_ids": None if completion_token_ids is None else list(completion_token_ids),
+        "completion_logprobs": None if completion_logprobs is None else list(completion_logprobs),
+    }
+
+
+def verifier_settings_hash(settings: dict[str, Any]) -> str:
+    """The hash that keys verdicts: the verifier's name and its `VerifierConfig.settings()`."""
+    return settings_hash({"verifier": VERIFIER_NAME, **settings})
+
+
+def verdict_row(grade: Any, gold: str, *, vhash: str, settings_json: str, version: str) -> dict:
+    """One verdicts row from a grading `Grade` (key = the trace id)."""
+    return {
+        "verdict_id": verdict_id(grade.key, vhash),
+        "trace_id": grade.key,
+        "reward": grade.reward,
+        "correct": grade.correct,
+        "extracted_answer": grade.extracted_answer,
+        "gold": gold,
+        "status": grade.status.value,
+        "verifier": VERIFIER_NAME,
+        "verifier_version": version,
+        "settings": settings_json,
+        "settings_hash": vhash,
+        "seconds": grade.seconds,
+        "created_at": utc_now(),
+    }

@@ -1,0 +1,144 @@
+"""Online data: each step samples k rollouts per prompt from the weights being trained.
+
+A step's data phase: draw the step's prompts from the store (same seeded order as offline), sample
+k rollouts each with the in-process engine (`time/generate`), store them and their verdicts
+(role policy, policy_version = the number of updates behind the weights that sampled them;
+`time/verify`), and hand the groups to the trainer. After the update the new weights go into the
+running engine (`time/weight_sync`).
+
+With `rollout.overlap` (one-step-stale, as the fastest RL trainers do) the next step's rollouts
+are sampled in a background thread while this step trains, with the weights from before this
+step's update; the engine is idle again before the weights are pushed. The rollouts of step s are
+then sampled by policy version s - 1, which the store records.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from dypo_data.backends.vllm_engine import model_max_len
+from dypo_data.grading import VerifierConfig, VerifierPool
+from dypo_train.config import TrainConfig
+from dypo_train.online.engine import RolloutEngine, rollout_sampling, rollout_seed
+from dypo_train.online.rollouts import record_rollouts, rollout_rows
+from dypo_train.stream.reader import StoreStream, total_steps
+from dypo_train.stream.types import PromptGroup, Rollout
+
+log = logging.getLogger(__name__)
+
+Produced = tuple[list[PromptGroup], dict[str, float]]
+
+
+class OnlineSource:
+    """Samples, verifies and stores each step's rollout groups; see the module docstring."""
+
+    def __init__(self, cfg: TrainConfig, setup: Any, *, policy_name: str, verifier_workers: int = 1) -> None:
+        self.cfg, self.setup, self.policy_name = cfg, setup, policy_name
+        d = cfg.data
+        self.stream = StoreStream(d.store, unit_kind="prompt", teachers=d.teachers, max_teachers=d.max_teachers, seed=d.seed)
+        self.batch = cfg.run.prompts_per_step
+        self.run_id = ""  # set by the trainer (`bind`) before the first step
+        path = str(setup.model_path)
+        longest = model_max_len(path)
+        wanted = d.max_prompt_tokens + cfg.rollout.max_tokens
+        self.engine = RolloutEngine(
+            path, dtype=cfg.rollout.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
+            max_model_len=min(wanted, longest) if longest else wanted, seed=cfg.run.seed,
+            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, name=policy_name,
+        )
+        self.pool = VerifierPool(VerifierConfig(workers=verifier_workers))
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="rollouts") if cfg.rollout.overlap else None
+        self.pending: tuple[int, Future] | None = None
+        self.version = 0  # optimizer updates applied to the engine's weights
+
+    def bind(self, run_id: str, start_step: int) -> None:
+        """The run's id (rollouts are stored under it) and the step a resumed run starts at."""
+        self.run_id = run_id
+        self.version = start_step
+        if start_step > 0:  # a resumed run: the engine started from the original weights
+            self.engine.load_weights(self.setup.accelerator.unwrap_model(self.setup.model).state_dict())
+
+    def total_steps(self) -> int:
+        return total_steps(self.stream.steps_per_epoch(self.batch), max_steps=self.cfg.run.max_steps, epochs=self.cfg.run.epochs)
+
+    # -- data phase ----------------------------------------------------------------------------------
+
+    def produce(self, step: int, version: int) -> Produced:
+        """Sample, verify and store the rollouts of `step` with the engine's weights (`version`)."""
+        r = self.cfg.rollout
+        groups = self.stream.read(self.stream.units_for_step(step, self.batch))
+        seed = rollout_seed(self.cfg.run.seed, step)
+        started = time.perf_counter()
+        samples = self.engine.generate([(g.prompt_id, g.messages) for g in groups], k=r.k, temperature=r.temperature,
+                                       top_p=r.top_p, max_tokens=r.max_tokens, seed=seed)
+        generated = time.perf_counter()
+        sampling = rollout_sampling(k=r.k, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=seed)
+        ids = [g.prompt_id for g in groups]
+        rewards = record_rollouts(self.cfg.data.store, run_id=self.run_id, step=version, model=self.engine.spec, sampling=sampling,
+                                  prompt_ids=ids, golds=[g.answer for g in groups], samples=samples, pool=self.pool,
+                                  gen_seconds=generated - started)
+        rows = rollout_rows(ids, samples, run_id=self.run_id, step=version, model=self.engine.spec, sampling=sampling)
+        verified = time.perf_counter()
+        out = [_with_rollouts(g, rows_b, samples_b, rewards_b) for g, rows_b, samples_b, rewards_b in zip(groups, rows, samples, rewards)]
+        n_tokens = sum(len(s.completion_token_ids) for group in samples for s in group)
+        timings = {"time/generate": generated - started, "time/verify": verified - generated,
+                   "perf/rollout_tokens_per_s": n_tokens / max(generated - started, 1e-9),
+                   "policy/staleness": float(step - version)}
+        return out, timings
+
+    def groups(self, step: int) -> Produced:
+        if self.executor is None:
+            return self.produce(step, self.version)
+        if self.pending is None or self.pending[0] != step:  # first step (or a resumed run): nothing prefetched
+            self.pending = (step, self.executor.submit(self.produce, step, self.version))
+        waited = time.perf_counter()
+        groups, timings = self.pending[1].result()
+        timings["time/wait_rollouts"] = time.perf_counter() - waited
+        if step + 1 < self.total_steps():  # sample the next step with these weights while this step trains
+            self.pending = (step + 1, self.executor.submit(self.produce, step + 1, self.version))
+        else:
+            self.pending = None
+        return groups, timings
+
+    # -- weight sync ---------------------------------------------------------------------------------
+
+    def after_update(self, step: int) -> dict[str, float]:
+        waited = time.perf_counter()
+        if self.pending is not None:
+            self.pending[1].result()  # the engine must be idle before its weights change
+        wait = time.perf_counter() - waited
+        model = self.setup.accelerator.unwrap_model(self.setup.model)
+        seconds = self.engine.load_weights(model.state_dict())
+        self.version = step + 1
+        out = {"time/weight_sync": seconds}
+        if self.executor is not None:
+            out["time/wait_engine"] = wait
+        return out
+
+    def close(self) -> None:
+        try:
+            if self.pending is not None:
+                self.pending[1].cancel()
+                try:
+                    self.pending[1].result()
+                except Exception:  # noqa: BLE001 - the run is ending; the first error was already raised
+                    pass
+            if self.executor is not None:
+                self.executor.shutdown(wait=True)
+        finally:
+            self.pool.close()
+            self.engine.close()
+            self.stream.close()
+
+
+def _with_rollouts(group: PromptGroup, rows: list[dict], samples: list, rewards: list) -> PromptGroup:
+    rollouts = [
+        Rollout(trace_id=row["trace_id"], sample_idx=row["sample_idx"], prompt_token_ids=list(s.prompt_token_ids),
+                completion_token_ids=list(s.completion_token_ids), logprobs=list(s.logprobs), reward=reward)
+        for row, s, reward in zip(rows, samples, rewards)
+    ]
+    return PromptGroup(group.prompt_id, group.messages, group.answer, rows[0]["group_id"] if rows else None, rollouts,
+                       group.teachers)
