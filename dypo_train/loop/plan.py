@@ -72,8 +72,11 @@ def _rewards(groups: list[PromptGroup], k: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def plan_step(groups: list[PromptGroup], *, step: int, gate: str, loss: LossConfig, tokenizer: Any,
-              max_completion_tokens: int, seed: int, buffer_sft: bool = False) -> StepPlan:
-    """Grade, route and lay out the rows of one optimizer step (see the module docstring)."""
+              max_completion_tokens: int, seed: int, buffer_sft: bool = False, max_prompt_tokens: int | None = None) -> StepPlan:
+    """Grade, route and lay out the rows of one optimizer step (see the module docstring).
+
+    A prompt longer than `max_prompt_tokens` is graded and counted but not trained (route skip:too_long).
+    """
     k = max((len(g.rollouts) for g in groups), default=0)
     teachers = [teacher_choice(g.teachers, seed=seed, step=step, prompt_id=g.prompt_id) for g in groups]
     targets = [render_target(tokenizer, g.messages, t.completion, max_completion_tokens=max_completion_tokens) if t else None
@@ -101,6 +104,10 @@ def plan_step(groups: list[PromptGroup], *, step: int, gate: str, loss: LossConf
         rec = PromptRecord(g.prompt_id, g.group_id, tier, "skip", n_rollouts=len(g.rollouts),
                            n_correct=sum(1 for r in g.rollouts if r.reward is not None and r.reward >= loss.success))
         parts = []
+        if max_prompt_tokens is not None and _prompt_length(targets[b], rollouts[b]) > max_prompt_tokens:
+            rec.route = "skip:too_long"
+            records.append(rec)
+            continue
         if route.sft[b] > 0 and targets[b] is not None:
             row = Row(b, SFT, targets[b], sft_weight=float(route.sft[b]))
             (buffered if buffer_sft else rows).append(row)
@@ -122,6 +129,11 @@ def plan_step(groups: list[PromptGroup], *, step: int, gate: str, loss: LossConf
     return StepPlan(rows, records, counts, buffered)
 
 
+def _prompt_length(target: TokenizedSequence | None, rollouts: list[TokenizedSequence]) -> int:
+    lengths = [len(s.prompt_ids) for s in ([target] if target else []) + rollouts]
+    return max(lengths, default=0)
+
+
 def _skip_reason(tier: str, gate: str, target: TokenizedSequence | None) -> str:
     if tier == "unscored":
         return "skip:unscored"
@@ -141,6 +153,7 @@ def _counts(records: list[PromptRecord], rewards: torch.Tensor, valid: torch.Ten
     out["route/sft"] = float(sum("sft" in r.route for r in records))
     out["route/rl"] = float(sum("rl" in r.route for r in records))
     out["route/skipped"] = float(sum(r.route.startswith("skip") for r in records))
+    out["route/too_long"] = float(sum(r.route == "skip:too_long" for r in records))
     out["route/hard_without_teacher"] = float(sum(r.route == "skip:no_teacher" and r.tier == "hard" for r in records))
     out["tier/offline_ratio"] = out["route/sft"] / max(n, 1)
     out["reward/mean"] = float((rewards * on_policy).sum() / graded) if graded > 0 else float("nan")

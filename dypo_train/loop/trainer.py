@@ -110,7 +110,8 @@ class Trainer:
         finally:
             if reporter is not None:
                 reporter.close()
-        self.checkpoint(total, store_metrics)
+        if self.start_step < total:  # a finished run resumed trains nothing and leaves its last checkpoint as it is
+            self.checkpoint(total, store_metrics)
         return self.history
 
     def _train_steps(self, total: int, store_metrics: StoreMetrics | None, reporter: Reporter | None) -> None:
@@ -169,7 +170,8 @@ class Trainer:
         cfg = self.cfg
         buffer_sft = cfg.optim.sft_buffer > 0
         plan = plan_step(groups, step=step, gate=self.gate_at(step), loss=cfg.loss, tokenizer=self.setup.tokenizer,
-                         max_completion_tokens=cfg.data.max_completion_tokens, seed=cfg.data.seed, buffer_sft=buffer_sft)
+                         max_completion_tokens=cfg.data.max_completion_tokens, seed=cfg.data.seed, buffer_sft=buffer_sft,
+                         max_prompt_tokens=cfg.data.max_prompt_tokens)
         metrics = dict(plan.counts)
         started = time.perf_counter()
         sums, tokens = self._update(plan.rows, self.setup.optimizer, self.setup.scheduler, metrics)
@@ -254,14 +256,19 @@ class Trainer:
             return ops.token_logprobs(logits, batch.completion_ids)
 
     def _reduce(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Sum metric tensors over processes (every process holds the same keys in the same order)."""
-        keys = sorted(sums)
+        """Sum metric tensors over processes. A process holds only the keys its rows produced (one may have no SFT
+        row), so every process reduces all of _METRIC_KEYS plus a presence flag each; a key absent everywhere stays absent."""
+        multi = self.acc.num_processes > 1
+        keys = list(_METRIC_KEYS) if multi else sorted(sums)
+        assert not multi or set(sums) <= set(keys), sorted(set(sums) - set(keys))
         if not keys:
             return {}
-        stacked = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32, device=self.acc.device).detach().reshape(()) for k in keys])
-        if self.acc.num_processes > 1:
-            stacked = self.acc.reduce(stacked, reduction="sum")
-        return dict(zip(keys, stacked.tolist()))
+        dev = self.acc.device
+        stacked = torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float32, device=dev).detach().reshape(()) for k in keys])
+        present = torch.tensor([float(k in sums) for k in keys], device=dev)
+        if multi:
+            stacked, present = self.acc.reduce(torch.cat([stacked, present]), reduction="sum").split(len(keys))
+        return {k: v for k, v, p in zip(keys, stacked.tolist(), present.tolist()) if p > 0}
 
 
 _METRIC_KEYS = ("loss/sft", "loss/rl", "loss/gal", "loss/offpolicy", "sft/nll_sum", "sft/tokens", "rl/clip_sum", "rl/kl_sum",
