@@ -21,7 +21,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dypo_data.errors import ConfigError, DypoError
+from dypo_data.errors import DypoError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train a policy with DYPO or one of its baselines.")
 
@@ -99,10 +99,10 @@ def run(
 
         overrides = _overrides(sets, **{"data.store": store, "model.policy": policy, "data.mode": mode, "run.max_steps": max_steps,
                                         "run.output_dir": output_dir, "run.name": name})
-        cfg = None if resume is not None else resolve(recipe, config, overrides)  # a resumed run keeps its saved config
-        from dypo_train.loop.run import run_training
+        from dypo_train.loop.run import resolve_resume, run_training
 
-        run_dir, history = run_training(cfg, resume=resume, overrides=overrides, reporter=None if quiet else ConsoleReporter())
+        cfg = resolve_resume(resume, recipe, config, overrides) if resume is not None else resolve(recipe, config, overrides)
+        run_dir, history = run_training(cfg, resume=resume, reporter=None if quiet else ConsoleReporter())
     except DypoError as exc:
         _fail(exc)
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ removes its temporary directory and leaves the previous checkpoint as it was.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -49,9 +50,10 @@ def save_checkpoint(accelerator: Any, model: Any, tokenizer: Any, run_dir: Path,
                 shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp / "state"))
+        state_dict = accelerator.get_state_dict(model)  # collective under FSDP / ZeRO-3: every process calls it
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
-            unwrapped.save_pretrained(tmp / "model", state_dict=accelerator.get_state_dict(model))
+            unwrapped.save_pretrained(tmp / "model", state_dict=state_dict)
             tokenizer.save_pretrained(tmp / "model")
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
             if final.exists():
@@ -59,15 +61,39 @@ def save_checkpoint(accelerator: Any, model: Any, tokenizer: Any, run_dir: Path,
             os.replace(tmp, final)
             _write_text_atomic(root / LATEST, final.name)
             _prune(root, keep)
-    except OSError as exc:
+    except Exception as exc:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
+            (root / f"{TMP_PREFIX}{LATEST}").unlink(missing_ok=True)
+        reason = _write_failure(exc, root)
+        if reason is None:
+            raise
         raise StoreError(
-            f"could not write checkpoint {final}: {exc.strerror or exc}",
+            f"could not write checkpoint {final}: {reason}",
             "free space or choose another run.output_dir; the previous checkpoint is intact",
         ) from exc
     accelerator.wait_for_everyone()
     return final
+
+
+# How writers other than Python's file objects report a failed write: torch.save's zip writer (RuntimeError)
+# and safetensors (SafetensorError) on a full disk.
+_WRITE_FAILURES = ("file write failed", "unexpected pos", "PytorchStreamWriter failed", "StorageFull", "No space left")
+
+
+def _write_failure(exc: BaseException, root: Path) -> str | None:
+    """Why a checkpoint write failed, in a few words, or None when `exc` is not a write failure."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    if not any(s in str(exc) for s in _WRITE_FAILURES):
+        return None
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = -1
+    if "StorageFull" in str(exc) or "No space left" in str(exc) or 0 <= free < 1 << 20:
+        return f"{os.strerror(errno.ENOSPC)} ({max(free, 0)} bytes free)"
+    return str(exc).strip().splitlines()[0]
 
 
 def _prune(root: Path, keep: int) -> None:

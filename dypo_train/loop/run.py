@@ -33,6 +33,35 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{cfg.recipe}-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
 
+def saved_values(run_dir: Path) -> dict[str, Any]:
+    """The dotted values of the config a run was started with."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(f"{run_dir} is not a run directory (no {CONFIG_FILE})", "pass the directory a previous dypo-train run wrote")
+    saved = json.loads(path.read_text())["config"]
+    values = flatten({k: v for k, v in saved.items() if k != "recipe"}, origin=str(path))
+    values["recipe"] = saved["recipe"]
+    return values
+
+
+def resolve_resume(run_dir: str | Path, recipe: str | None = None, config_file: str | Path | None = None,
+                   overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """`--resume RUN_DIR`: the run's saved config with only what was given explicitly on top (a recipe, a file, --set),
+    so `run_training` sees exactly the changes asked for and refuses those outside RESUMABLE_KEYS."""
+    from dypo_train.recipes import file_values, recipe_values
+
+    values = saved_values(Path(run_dir))
+    user = file_values(config_file) if config_file else {}
+    name = recipe or user.get("recipe")
+    if name:
+        values.update(recipe_values(str(name)))
+    values.update(user)
+    values.update(dict(parse_override(o) for o in overrides))
+    if name:
+        values["recipe"] = str(name)
+    return build(values)
+
+
 def resumed_config(run_dir: Path, cfg: TrainConfig | None = None) -> TrainConfig:
     """The config a run was started with; `cfg` (see `resolve_resume`) may only change RESUMABLE_KEYS."""
     values = saved_values(run_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,24 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Any:
     if mixed == "bf16" and not _bf16_supported():
         log.warning("bf16 autocast is not supported here; training in %s", cfg.model.dtype)
         mixed = "no"
-    return Accelerator(
+    launched = int(os.environ.get("WORLD_SIZE") or 1)  # set by accelerate launch / torchrun
+    accelerator = Accelerator(
         mixed_precision=mixed,
         log_with=list(cfg.run.report_to) or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+        cpu=launched > 1 and not _has_accelerator_device(),  # without it accelerate gives each CPU process a run of its own
     )
+    if launched > 1 and accelerator.num_processes != launched:
+        raise ConfigError(f"{launched} processes were launched but accelerate joined {accelerator.num_processes}: each would train "
+                          "the whole run alone", "launch with `accelerate launch --multi_gpu --num_processes N` or torchrun")
+    return accelerator
+
+
+def _has_accelerator_device() -> bool:
+    probe = getattr(torch, "accelerator", None)
+    if probe is not None and hasattr(probe, "is_available"):
+        return bool(probe.is_available())
+    return torch.cuda.is_available()
 
 
 def _bf16_supported() -> bool:

@@ -143,11 +143,10 @@ class Trainer:
             "run_id": self.run_id,
             "sft_buffer": [_row_state(r) for r in self.sft_buffer],
         }
-        path = save_checkpoint(self.acc, self.setup.model, self.setup.tokenizer, self.run_dir, step, state,
-                               keep=self.cfg.run.keep_checkpoints)
-        if store_metrics is not None:
+        if store_metrics is not None:  # before the checkpoint: a kill in between retrains (and rewrites) these steps
             store_metrics.flush()
-        return path
+        return save_checkpoint(self.acc, self.setup.model, self.setup.tokenizer, self.run_dir, step, state,
+                               keep=self.cfg.run.keep_checkpoints)
 
     def restore(self) -> int:
         """Load the run's latest checkpoint; returns the step to continue from (0 when none)."""
