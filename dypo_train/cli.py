@@ -111,7 +111,8 @@ def run(
     last = history[-1] if history else {}
     summary = {"run_dir": str(run_dir), "steps": len(history), "reward_mean_last": last.get("reward/mean"),
                "offline_ratio_last": last.get("tier/offline_ratio")}
-    print(json.dumps(summary))
+    if os.environ.get("RANK", "0") == "0":  # under accelerate launch / torchrun, one summary
+        print(json.dumps(summary))
 
 
 @app.command()

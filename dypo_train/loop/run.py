@@ -20,7 +20,7 @@ from dypo_data.store import open_store
 from dypo_train.config import TrainConfig, build, flatten, parse_override
 from dypo_train.loop.checkpoint import latest_checkpoint
 from dypo_train.loop.offline import OfflineSource
-from dypo_train.loop.setup import build_setup, make_accelerator
+from dypo_train.loop.setup import build_setup, load_tokenizer, make_accelerator
 from dypo_train.loop.trainer import Reporter, Trainer
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ def run_training(cfg: TrainConfig | None, *, resume: str | Path | None = None, c
             raise ConfigError(f"run directory {run_dir} already holds checkpoints", f"continue it with --resume {run_dir}, or pick another run.name")
     check_inputs(cfg)
     model = resolve_model(cfg.model.policy, cache_dir=cache_dir)
+    load_tokenizer(model.path)  # no chat template: fail before anything is written
     accelerator = make_accelerator(cfg, run_dir)
     if accelerator.num_processes > 1 and cfg.data.mode == "online":
         raise ConfigError("online mode runs on one process in this release",

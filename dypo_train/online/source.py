@@ -50,7 +50,7 @@ class OnlineSource:
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, name=policy_name,
         )
         self.pool = VerifierPool(VerifierConfig(workers=verifier_workers))
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="rollouts") if cfg.rollout.overlap else None
+        self.executor = _rollout_thread() if cfg.rollout.overlap else None
         self.pending: tuple[int, Future] | None = None
         self.version = 0  # optimizer updates applied to the engine's weights
 
@@ -132,6 +132,20 @@ class OnlineSource:
             self.pool.close()
             self.engine.close()
             self.stream.close()
+
+
+def _rollout_thread() -> ThreadPoolExecutor:
+    """The background thread of `rollout.overlap`, with this thread's torch thread count.
+
+    A new thread starts with OpenMP's default count, not the caller's `set_num_threads` value, and
+    vLLM's CPU attention sizes its scheduler metadata with the raw OpenMP count but runs its kernel
+    with torch's: when they differ the engine dies ("thread_num == thread_num (2 vs. 1)").
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    # torch._C: the public setter is a warning-only no-op while the in-process engine lives
+    return ThreadPoolExecutor(1, thread_name_prefix="rollouts", initializer=torch._C.set_num_threads, initargs=(threads,))
 
 
 def _with_rollouts(group: PromptGroup, rows: list[dict], samples: list, rewards: list) -> PromptGroup:
