@@ -58,6 +58,8 @@ def console_line(step: int, total: int, metrics: dict[str, float]) -> str:
     """One readable line per logged step: tiers, offline-data ratio, reward, losses."""
     m = metrics
     tiers = f"easy {m.get('tier/easy', 0):.0f} mid {m.get('tier/mid', 0):.0f} hard {m.get('tier/hard', 0):.0f}"
+    if m.get("route/hard_without_teacher"):
+        tiers += f" ({m['route/hard_without_teacher']:.0f} without a verified teacher trace)"
     parts = [f"step {step}/{total}", tiers, f"offline {m.get('tier/offline_ratio', float('nan')):.2f}",
              f"reward {m.get('reward/mean', float('nan')):.3f}"]
     for key in ("loss/sft", "loss/rl", "loss/gal", "loss/offpolicy"):

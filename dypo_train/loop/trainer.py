@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -107,6 +107,11 @@ class Trainer:
             reporter.start(total, self.start_step)
         try:
             self._train_steps(total, store_metrics, reporter)
+        except BaseException:
+            if store_metrics is not None:  # keep the steps that led up to the failure queryable
+                with suppress(Exception):  # never hide the failure behind a failed write
+                    store_metrics.flush()
+            raise
         finally:
             if reporter is not None:
                 reporter.close()
