@@ -46,6 +46,12 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Any:
         log.warning("bf16 autocast is not supported here; training in %s", cfg.model.dtype)
         mixed = "no"
     launched = int(os.environ.get("WORLD_SIZE") or 1)  # set by accelerate launch / torchrun
+    # Accelerate keeps one settings singleton per process; a second run in the same process (a notebook,
+    # a test session, after a TRL trainer) would otherwise inherit the first one's mixed precision.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)  # the process group (PartialState) is kept
+    GradientState._reset_state()
     accelerator = Accelerator(
         mixed_precision=mixed,
         log_with=list(cfg.run.report_to) or None,
