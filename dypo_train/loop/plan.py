@@ -79,20 +79,23 @@ def plan_step(groups: list[PromptGroup], *, step: int, gate: str, loss: LossConf
     """
     k = max((len(g.rollouts) for g in groups), default=0)
     teachers = [teacher_choice(g.teachers, seed=seed, step=step, prompt_id=g.prompt_id) for g in groups]
-    targets = [render_target(tokenizer, g.messages, t.completion, max_completion_tokens=max_completion_tokens) if t else None
-               for g, t in zip(groups, teachers)]
     rollouts = [[tokenize_rollout(tokenizer, g.messages, r.prompt_token_ids, r.completion_token_ids, r.logprobs, None,
                                   max_completion_tokens=max_completion_tokens) for r in g.rollouts[:k]] for g in groups]
     rewards, valid = _rewards(groups, k) if k else (torch.zeros(len(groups), 0), torch.zeros(len(groups), 0, dtype=torch.bool))
     offpolicy = torch.zeros(len(groups), dtype=torch.bool)
     if loss.offpolicy_teacher and k >= 2:  # LUFFY: the last slot of a group holds a verified teacher trace
-        for b, t in enumerate(targets):
+        for b, t in enumerate(teachers):
             if t is not None and groups[b].rollouts:
                 rewards[b, k - 1], valid[b, k - 1], offpolicy[b] = loss.success, True, True
     tiers = ops.group_tiers(rewards, valid, success=loss.success) if k else torch.full((len(groups),), ops.UNSCORED)
     advantages = ops.group_advantages(rewards, valid) if k else rewards
-    has_teacher = torch.tensor([t is not None for t in targets], dtype=torch.bool)
+    has_teacher = torch.tensor([t is not None for t in teachers], dtype=torch.bool)
     route = ops.route(gate, tiers, has_teacher, gamma=loss.gamma, alpha=loss.alpha, sft_coef=loss.sft_coef)
+    targets = [  # rendered only where a teacher trace will be trained on
+        render_target(tokenizer, g.messages, t.completion, max_completion_tokens=max_completion_tokens)
+        if t is not None and (route.sft[b] > 0 or offpolicy[b]) else None
+        for b, (g, t) in enumerate(zip(groups, teachers))
+    ]
     gal = route.gal
     if loss.gal_mode == "additive":
         gal = torch.where(route.rl > 0, torch.full_like(route.rl, loss.gal_coef), torch.zeros_like(route.rl))
@@ -123,7 +126,7 @@ def plan_step(groups: list[PromptGroup], *, step: int, gate: str, loss: LossConf
                 rows.append(Row(b, OFFPOLICY if is_off else RL, seq, rl_weight=float(route.rl[b]), gal_weight=float(gal[b]),
                                 advantage=float(advantages[b, i]), reward=float(rewards[b, i])))
             parts.append("rl")
-        rec.route = "+".join(parts) if parts else _skip_reason(tier, gate, targets[b])
+        rec.route = "+".join(parts) if parts else _skip_reason(tier, gate, teachers[b] is not None)
         records.append(rec)
     counts = _counts(records, rewards, valid, offpolicy, len(groups))
     return StepPlan(rows, records, counts, buffered)
@@ -134,12 +137,12 @@ def _prompt_length(target: TokenizedSequence | None, rollouts: list[TokenizedSeq
     return max(lengths, default=0)
 
 
-def _skip_reason(tier: str, gate: str, target: TokenizedSequence | None) -> str:
+def _skip_reason(tier: str, gate: str, has_teacher: bool) -> str:
     if tier == "unscored":
         return "skip:unscored"
     if tier == "easy" and gate != "sft":
         return "skip:easy"
-    if target is None and gate != "rl":
+    if not has_teacher and gate != "rl":
         return "skip:no_teacher"  # counted: a hard prompt is never trained on an unverified trace
     return "skip:no_signal"
 

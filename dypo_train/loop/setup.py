@@ -113,6 +113,7 @@ def build_setup(cfg: TrainConfig, model_path: Path, run_dir: Path, accelerator: 
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     policy.config.use_cache = False
+    policy.train()  # from_pretrained returns eval mode (dropout off)
     reference = None
     if cfg.model.reference == "policy" and _needs_reference(cfg):
         reference = copy.deepcopy(policy).eval().requires_grad_(False)

@@ -235,12 +235,14 @@ class Trainer:
         cfg, acc, model = self.cfg, self.acc, self.setup.model
         batch = collate(rows, self.setup.pad_id, acc.device)
         logits = completion_logits(model, batch)  # (N, T, V)
-        logprobs = ops.token_logprobs(logits, batch.completion_ids)  # (N, T)
+        rl_rows = torch.tensor([r.kind == RL and r.rl_weight + r.gal_weight > 0 for r in rows], device=batch.mask.device)
+        if rl_rows.any():  # entropy of the rollout tokens, from the same pass over the logits
+            logprobs, entropy = ops.token_logprobs_and_entropy(logits, batch.completion_ids)  # (N, T), (N, T)
+        else:
+            logprobs, entropy = ops.token_logprobs(logits, batch.completion_ids), None  # (N, T)
         ref = self._ref_logprobs(batch, rows)
         loss, sums = micro_batch_loss(logprobs, batch, den, cfg.loss, ref_logprobs=ref, old_mode=cfg.data.old_logprobs)
-        rl_rows = torch.tensor([r.kind == RL and r.rl_weight + r.gal_weight > 0 for r in rows], device=batch.mask.device)
-        if rl_rows.any():
-            entropy = ops.token_entropy(logits.detach())  # (N, T)
+        if entropy is not None:
             m = batch.mask * rl_rows.unsqueeze(1)
             sums["policy/entropy_sum"] = (entropy * m).sum()
             sums["policy/tokens"] = m.sum()

@@ -50,7 +50,15 @@ class OnlineSource:
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, name=policy_name,
         )
         self.pool = VerifierPool(VerifierConfig(workers=verifier_workers))
-        self.executor = _rollout_thread() if cfg.rollout.overlap else None
+        self.executor = None
+        self.caller_threads = None
+        if cfg.rollout.overlap:  # rollouts and training run at once: each gets its share of the cores
+            import torch
+
+            self.caller_threads = torch.get_num_threads()
+            rollout_threads, train_threads = split_threads(self.caller_threads)
+            self.executor = _rollout_thread(rollout_threads)
+            torch._C.set_num_threads(train_threads)
         self.pending: tuple[int, Future] | None = None
         self.version = 0  # optimizer updates applied to the engine's weights
 
@@ -132,18 +140,28 @@ class OnlineSource:
             self.pool.close()
             self.engine.close()
             self.stream.close()
+            if self.caller_threads is not None:
+                import torch
+
+                torch._C.set_num_threads(self.caller_threads)
 
 
-def _rollout_thread() -> ThreadPoolExecutor:
-    """The background thread of `rollout.overlap`, with this thread's torch thread count.
+def split_threads(total: int) -> tuple[int, int]:
+    """(rollout, training) torch threads when both run at once: the cores are shared, not oversubscribed."""
+    rollout = max(1, total // 2)
+    return rollout, max(1, total - rollout)
 
-    A new thread starts with OpenMP's default count, not the caller's `set_num_threads` value, and
-    vLLM's CPU attention sizes its scheduler metadata with the raw OpenMP count but runs its kernel
-    with torch's: when they differ the engine dies ("thread_num == thread_num (2 vs. 1)").
+
+def _rollout_thread(threads: int) -> ThreadPoolExecutor:
+    """The background thread of `rollout.overlap`, running torch with `threads` threads.
+
+    A new thread starts with OpenMP's default count, not a `set_num_threads` value, and vLLM's CPU
+    attention sizes its scheduler metadata with the raw OpenMP count but runs its kernel with
+    torch's: when they differ the engine dies ("thread_num == thread_num (2 vs. 1)"), so the
+    thread sets both at its start.
     """
     import torch
 
-    threads = torch.get_num_threads()
     # torch._C: the public setter is a warning-only no-op while the in-process engine lives
     return ThreadPoolExecutor(1, thread_name_prefix="rollouts", initializer=torch._C.set_num_threads, initargs=(threads,))
 

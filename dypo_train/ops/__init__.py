@@ -6,7 +6,7 @@ torch and the standard library only: no configs, no I/O, no logging, no `.item()
 
 from dypo_train.ops.advantages import group_advantages
 from dypo_train.ops.gate import Route, gate_names, get_gate, register_gate, route
-from dypo_train.ops.logits import token_entropy, token_logprobs
+from dypo_train.ops.logits import token_entropy, token_logprobs, token_logprobs_and_entropy
 from dypo_train.ops.losses import (
     gal_loss,
     gal_pairs,
@@ -40,4 +40,5 @@ __all__ = [
     "sft_loss",
     "token_entropy",
     "token_logprobs",
+    "token_logprobs_and_entropy",
 ]

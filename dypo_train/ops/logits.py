@@ -31,22 +31,28 @@ class _TargetLogprob(torch.autograd.Function):
     """logp[r] = x[r, y[r]] - logsumexp(x[r]) for rows r of x (R, V); softmax recomputed in backward."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, chunk_rows: int) -> Tensor:  # x (R, V), y (R,)
+    def forward(ctx, x: Tensor, y: Tensor, chunk_rows: int, with_entropy: bool = False):  # x (R, V), y (R,)
         dtype = _out_dtype(x)
         out = torch.empty(x.shape[0], dtype=dtype, device=x.device)  # (R,)
         lse = torch.empty_like(out)  # (R,) logsumexp per row, kept for backward
+        ent = torch.empty_like(out) if with_entropy else None  # (R,) entropy, from the same upcast chunk
         for i in range(0, x.shape[0], chunk_rows):
             sl = slice(i, i + chunk_rows)
             xc = x[sl].to(dtype)  # (r, V) one upcast chunk
             lse[sl] = xc.logsumexp(dim=1)
             out[sl] = xc.gather(1, y[sl].unsqueeze(1)).squeeze(1) - lse[sl]
+            if ent is not None:
+                ent[sl] = _entropy_of(xc, lse[sl])
         ctx.save_for_backward(x, y, lse)
         ctx.chunk_rows = chunk_rows
-        return out
+        if ent is None:
+            return out
+        ctx.mark_non_differentiable(ent)
+        return out, ent
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor):  # grad_out (R,)
+    def backward(ctx, grad_out: Tensor, *_: Tensor):  # grad_out (R,); the entropy output has no gradient
         x, y, lse = ctx.saved_tensors
         grad_x = torch.empty_like(x)  # (R, V), logits' dtype
         for i in range(0, x.shape[0], ctx.chunk_rows):
@@ -54,7 +60,14 @@ class _TargetLogprob(torch.autograd.Function):
             g = -(x[sl].to(lse.dtype) - lse[sl].unsqueeze(1)).exp()  # (r, V) -softmax
             g.scatter_add_(1, y[sl].unsqueeze(1), torch.ones_like(lse[sl]).unsqueeze(1))  # one-hot - softmax
             grad_x[sl] = (g * grad_out[sl].to(lse.dtype).unsqueeze(1)).to(x.dtype)
-        return grad_x, None, None
+        return grad_x, None, None, None
+
+
+def _entropy_of(xc: Tensor, lse: Tensor) -> Tensor:
+    """-sum_v p log p of rows xc (r, V) whose logsumexp is lse (r,); 0 log 0 = 0 for -inf logits."""
+    logp = xc - lse.unsqueeze(1)  # (r, V)
+    p = logp.exp()
+    return -(p * logp.masked_fill(p == 0, 0.0)).sum(dim=1)
 
 
 def token_logprobs(logits: Tensor, targets: Tensor, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Tensor:
@@ -77,6 +90,24 @@ def token_logprobs(logits: Tensor, targets: Tensor, *, chunk_rows: int = DEFAULT
     return flat.view(n, t)
 
 
+def token_logprobs_and_entropy(logits: Tensor, targets: Tensor, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[Tensor, Tensor]:
+    """`token_logprobs` and `token_entropy` in one pass over the logits (each chunk upcast once).
+
+    The log-probabilities carry gradients exactly as `token_logprobs`'s; the entropies carry none.
+
+    Shapes:
+        logits:  (N, T, V) any float dtype
+        targets: (N, T) long
+        returns: (N, T) logprobs, (N, T) entropy, float32 (float64 for float64 logits)
+    """
+    _check(logits, chunk_rows)
+    if targets.shape != logits.shape[:2]:
+        raise ValueError(f"targets {tuple(targets.shape)} must match logits (N, T) {tuple(logits.shape[:2])}")
+    n, t, v = logits.shape
+    flat, ent = _TargetLogprob.apply(logits.reshape(n * t, v), targets.reshape(n * t).long(), chunk_rows, True)
+    return flat.view(n, t), ent.view(n, t)
+
+
 @torch.no_grad()
 def token_entropy(logits: Tensor, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Tensor:
     """Entropy of the next-token distribution per position, -sum_v p log p, in float32, no gradient.
@@ -91,7 +122,5 @@ def token_entropy(logits: Tensor, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Te
     out = torch.empty(n * t, dtype=_out_dtype(logits), device=logits.device)
     for i in range(0, n * t, chunk_rows):
         xc = flat[i : i + chunk_rows].to(out.dtype)  # (r, V)
-        logp = xc.log_softmax(dim=1)  # (r, V)
-        p = logp.exp()
-        out[i : i + chunk_rows] = -(p * logp.masked_fill(p == 0, 0.0)).sum(dim=1)  # 0 log 0 = 0 (-inf logits)
+        out[i : i + chunk_rows] = _entropy_of(xc, xc.logsumexp(dim=1))
     return out.view(n, t)
