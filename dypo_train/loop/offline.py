@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from dypo_train.config import TrainConfig
 from dypo_train.stream.reader import StoreStream, total_steps
@@ -15,7 +16,11 @@ def unit_kind(cfg: TrainConfig) -> str:
 
 
 class OfflineSource:
-    """Reads each step's groups from the store (see dypo_train.stream.reader)."""
+    """Reads each step's groups from the store (see dypo_train.stream.reader).
+
+    The next step's groups are read in a background thread while this step trains, so the store
+    read is off the critical path; the reader's connection is only ever used by that thread.
+    """
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
@@ -23,17 +28,28 @@ class OfflineSource:
         self.stream = StoreStream(d.store, unit_kind=unit_kind(cfg), rollout_model=d.rollout_model, teachers=d.teachers,
                                   max_teachers=d.max_teachers, seed=d.seed)
         self.batch = cfg.run.prompts_per_step
+        self.reader = ThreadPoolExecutor(1, thread_name_prefix="store-reader")
+        self.pending: tuple[int, Future] | None = None
 
     def total_steps(self) -> int:
         return total_steps(self.stream.steps_per_epoch(self.batch), max_steps=self.cfg.run.max_steps, epochs=self.cfg.run.epochs)
 
+    def _read(self, step: int) -> list[PromptGroup]:
+        return self.stream.read(self.stream.units_for_step(step, self.batch))
+
     def groups(self, step: int) -> tuple[list[PromptGroup], dict[str, float]]:
         started = time.perf_counter()
-        groups = self.stream.read(self.stream.units_for_step(step, self.batch))
+        if self.pending is None or self.pending[0] != step:
+            self.pending = (step, self.reader.submit(self._read, step))
+        groups = self.pending[1].result()
+        self.pending = (step + 1, self.reader.submit(self._read, step + 1)) if step + 1 < self.total_steps() else None
         return groups, {"time/data": time.perf_counter() - started, "data/epoch": self.stream.epoch_of(step, self.batch)}
 
     def after_update(self, step: int) -> dict[str, float]:
         return {}
 
     def close(self) -> None:
+        if self.pending is not None:
+            self.pending[1].cancel()
+        self.reader.shutdown(wait=True)
         self.stream.close()
