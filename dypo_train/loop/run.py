@@ -108,31 +108,25 @@ def _write_config(run_dir: Path, cfg: TrainConfig, model_path: Path) -> None:
     os.replace(tmp, run_dir / CONFIG_FILE)
 
 
-def make_source(cfg: TrainConfig, setup: Any, policy_name: str):
-    if cfg.data.mode == "offline":
-        return OfflineSource(cfg)
+def online_source(cfg: TrainConfig, setup: Any, policy_name: str):
     from dypo_train.online.source import OnlineSource
 
     return OnlineSource(cfg, setup, policy_name=policy_name)
 
 
-def check_inputs(cfg: TrainConfig) -> None:
-    """Cheap checks before anything heavy starts."""
+def check_inputs(cfg: TrainConfig) -> OfflineSource | None:
+    """Cheap checks before anything heavy starts. An offline run's source validates groups, k and
+    teachers as it is built; it is returned for the run to use (the caller closes it)."""
     if not cfg.data.store:
         raise ConfigError("data.store is not set", "pass --store DIR (a store made by dypo-data)")
     open_store(cfg.data.store)
-    if cfg.data.mode == "offline":
-        OfflineSource(cfg).close()  # validates groups, k, teachers
+    return OfflineSource(cfg) if cfg.data.mode == "offline" else None
 
 
 def run_training(cfg: TrainConfig | None, *, resume: str | Path | None = None, cache_dir: str | None = None,
                  reporter: Reporter | None = None) -> tuple[Path, list[dict[str, float]]]:
     """Train `cfg`, or continue the run in `resume` with its own config (`cfg`, from `resolve_resume`, may
     extend it: RESUMABLE_KEYS); returns the run directory and the per-step metrics of the steps trained now."""
-    from accelerate.utils import set_seed
-
-    from dypo_data.models import resolve_model
-
     if resume is not None:
         run_dir = Path(resume)
         cfg = resumed_config(run_dir, cfg)
@@ -143,9 +137,22 @@ def run_training(cfg: TrainConfig | None, *, resume: str | Path | None = None, c
         run_dir = Path(cfg.run.output_dir) / cfg.run.name
         if latest_checkpoint(run_dir) is not None:
             raise ConfigError(f"run directory {run_dir} already holds checkpoints", f"continue it with --resume {run_dir}, or pick another run.name")
-    check_inputs(cfg)
+    source = check_inputs(cfg)
+    try:
+        return _train(cfg, run_dir, source, resume=resume, cache_dir=cache_dir, reporter=reporter)
+    finally:
+        if source is not None:
+            source.close()
+
+
+def _train(cfg: TrainConfig, run_dir: Path, source: OfflineSource | None, *, resume: str | Path | None,
+           cache_dir: str | None, reporter: Reporter | None) -> tuple[Path, list[dict[str, float]]]:
+    from accelerate.utils import set_seed
+
+    from dypo_data.models import resolve_model
+
     model = resolve_model(cfg.model.policy, cache_dir=cache_dir)
-    load_tokenizer(model.path)  # no chat template: fail before anything is written
+    tokenizer = load_tokenizer(model.path)  # no chat template: fail before anything is written
     accelerator = make_accelerator(cfg, run_dir)
     if accelerator.num_processes > 1 and cfg.data.mode == "online":
         raise ConfigError("online mode runs on one process in this release",
@@ -153,20 +160,21 @@ def run_training(cfg: TrainConfig | None, *, resume: str | Path | None = None, c
     if accelerator.is_main_process:
         _write_config(run_dir, cfg, model.path)
     set_seed(cfg.run.seed)
-    setup = build_setup(cfg, model.path, run_dir, accelerator)
-    source = make_source(cfg, setup, cfg.model.name or model.name)
-    trainer = Trainer(cfg, setup, source, run_dir, run_id=run_dir.name)
+    setup = build_setup(cfg, model.path, tokenizer, accelerator)
+    online = online_source(cfg, setup, cfg.model.name or model.name) if source is None else None
+    trainer = Trainer(cfg, setup, source or online, run_dir, run_id=run_dir.name)
     try:
         if resume is not None:
             step = trainer.restore()
             log.info("resuming %s at step %d", run_dir, step)
-        if hasattr(source, "bind"):
-            source.bind(trainer.run_id, trainer.start_step)
+        if online is not None:
+            online.bind(trainer.run_id, trainer.start_step)
         if cfg.run.report_to:
             accelerator.init_trackers(run_dir.name, config=_flat_scalars(cfg))
         history = trainer.train(reporter=reporter)
     finally:
-        source.close()
+        if online is not None:
+            online.close()
         accelerator.end_training()
     return run_dir, history
 

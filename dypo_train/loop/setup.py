@@ -106,9 +106,8 @@ def lr_lambda(warmup_steps: int):
     return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
-def build_setup(cfg: TrainConfig, model_path: Path, run_dir: Path, accelerator: Any) -> TrainSetup:
-    """Load and prepare every training component for `cfg`."""
-    tokenizer = load_tokenizer(model_path)
+def build_setup(cfg: TrainConfig, model_path: Path, tokenizer: Any, accelerator: Any) -> TrainSetup:
+    """Load and prepare every training component for `cfg` (`tokenizer`: `load_tokenizer(model_path)`)."""
     policy = load_policy(model_path, cfg.model.dtype)
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()

@@ -102,11 +102,20 @@ def record_rollouts(
     rows = rollout_rows(
         prompt_ids, samples, run_id=run_id, step=step, model=model, sampling=sampling, gen_seconds=gen_seconds
     )
+    return record_rows(store_root, rows, dict(zip(prompt_ids, golds)), pool=pool, run_id=run_id, step=step)
+
+
+def record_rows(store_root: str | os.PathLike, rows: list[list[dict]], golds: dict[str, str], *, pool: VerifierPool,
+                run_id: str, step: int) -> list[list[float | None]]:
+    """Write `rollout_rows` output (B, G) and its verdicts to the store; return the rewards, (B, G).
+
+    `golds` maps each prompt id to its gold answer. Writes one traces shard, then one verdicts shard.
+    """
     flat = [row for group in rows for row in group]
     writer = ShardWriter(Path(store_root).expanduser(), run_id)
     writer.write("traces", pa.Table.from_pylist(flat, schema=TRACES))  # kept even if grading fails
     started = time.perf_counter()
-    verdicts = grade_rows(flat, dict(zip(prompt_ids, golds)), pool)
+    verdicts = grade_rows(flat, golds, pool)
     writer.write("verdicts", pa.Table.from_pylist([verdicts[row["trace_id"]] for row in flat], schema=VERDICTS))
     statuses = Counter(v["status"] for v in verdicts.values())
     seconds = time.perf_counter() - started

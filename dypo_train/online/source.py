@@ -23,7 +23,7 @@ from dypo_data.backends.vllm_engine import model_max_len
 from dypo_data.grading import VerifierConfig, VerifierPool
 from dypo_train.config import TrainConfig
 from dypo_train.online.engine import RolloutEngine, rollout_sampling, rollout_seed
-from dypo_train.online.rollouts import record_rollouts, rollout_rows
+from dypo_train.online.rollouts import record_rows, rollout_rows
 from dypo_train.stream.reader import StoreStream, total_steps
 from dypo_train.stream.types import PromptGroup, Rollout
 
@@ -85,10 +85,10 @@ class OnlineSource:
         generated = time.perf_counter()
         sampling = rollout_sampling(k=r.k, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=seed)
         ids = [g.prompt_id for g in groups]
-        rewards = record_rollouts(self.cfg.data.store, run_id=self.run_id, step=version, model=self.engine.spec, sampling=sampling,
-                                  prompt_ids=ids, golds=[g.answer for g in groups], samples=samples, pool=self.pool,
-                                  gen_seconds=generated - started)
-        rows = rollout_rows(ids, samples, run_id=self.run_id, step=version, model=self.engine.spec, sampling=sampling)
+        rows = rollout_rows(ids, samples, run_id=self.run_id, step=version, model=self.engine.spec, sampling=sampling,
+                            gen_seconds=generated - started)
+        rewards = record_rows(self.cfg.data.store, rows, {g.prompt_id: g.answer for g in groups}, pool=self.pool,
+                              run_id=self.run_id, step=version)
         verified = time.perf_counter()
         out = [_with_rollouts(g, rows_b, samples_b, rewards_b) for g, rows_b, samples_b, rewards_b in zip(groups, rows, samples, rewards)]
         n_tokens = sum(len(s.completion_token_ids) for group in samples for s in group)
