@@ -10,9 +10,10 @@ from typing import Any, Literal, get_args
 from dypo_data.errors import ConfigError
 
 AnswerPosition = Literal["last", "first"]
-# Bump when the extraction rules in `extract.py` or the status rules in `verdict.py` change the
-# verdict of some completion: it is part of `settings()`, so old verdicts are not reused.
-GRADING_RULES = "dypo-grading-1"
+# Bump when the extraction rules in `extract.py`, the status rules in `verdict.py` or the exact
+# comparison in `exact.py` change the verdict of some completion: it is part of `settings()`, so
+# old verdicts are not reused. 2: exact rationals are compared exactly (1/2004! != 1/2006!).
+GRADING_RULES = "dypo-grading-2"
 _VERSIONED = ("math-verify", "latex2sympy2_extended", "sympy")
 
 

@@ -2,7 +2,9 @@
 
 math-verify is used with its own timeouts off (they rely on `signal.alarm`, which one per-item
 timer of ours would collide with) and with `raise_on_error=True`, so that an internal error is
-recorded as such instead of being read as a wrong answer. Statuses:
+recorded as such instead of being read as a wrong answer. Two exact rationals (integers,
+fractions, integer powers, factorials) are compared exactly instead (`exact.py`), since
+math-verify's numeric check rounds them (1/2004! "equals" 1/2006!). Statuses:
 
 - no_answer:   nothing in the completion's answer (see `extract.py`) parses as an answer.
 - ok:          some parse of the gold equals some parse of the answer (correct), or both parsed
@@ -134,11 +136,22 @@ def _compare(gold: str, answer_text: str, float_rounding: int, numeric_precision
     """(some gold parse equals some answer parse, some comparison raised).
 
     Pairs are compared one by one so that one raising pair does not hide a later matching one.
+    A pair of exact rationals (integers, fractions, integer powers, factorials) is decided by
+    `exact_equal` and never reaches math-verify, whose numeric check rounds: it calls 1/2004!
+    and 1/2006! equal (see `exact.py`). Other pairs, and exact ones too large to compute, are
+    math-verify's.
     """
+    from dypo_data.grading.exact import exact_equal  # imports sympy: only in the grading workers
+
     verify = _math_verify().verify
     raised = False
     for g in _parse_gold(gold):
         for a in _parse(answer_text):
+            exact = exact_equal(g, a)
+            if exact is not None:
+                if exact:
+                    return True, False
+                continue
             try:
                 if verify(g, a, float_rounding=float_rounding, numeric_precision=numeric_precision, strict=strict,
                           timeout_seconds=None, raise_on_error=True):

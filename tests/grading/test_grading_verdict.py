@@ -89,13 +89,12 @@ def test_unparseable_gold_still_matches_the_identical_string():
     assert (grade.status, grade.correct) == (OK, True)
 
 
-def test_known_false_positive_of_math_verify():
-    # math-verify issue #14: 1/2004! and 1/2006! are both 0 to 15 significant digits... of their
-    # difference, so its numeric comparison calls them equal. We pass that through unchanged: the
-    # verdict is math-verify's, and a fix would belong there. Such answers are rare in practice.
+def test_known_false_positive_of_math_verify_is_fixed():
+    # math-verify issue #14: its numeric check chops 1/2004! - 1/2006! to 0 and calls them equal.
+    # Both sides are exact, so `exact.py` decides instead (more cases in test_grading_exact.py).
     grade = grade_one(r"\frac{1}{2004!}", r"\boxed{\frac{1}{2006!}}", CFG)
-    assert (grade.status, grade.correct) == (OK, True)
-    # a different magnitude is still told apart
+    assert (grade.status, grade.correct) == (OK, False)
+    assert grade_one(r"\frac{1}{2004!}", r"\boxed{\frac{1}{2004!}}", CFG).correct is True
     assert grade_one(r"\frac{1}{2004!}", r"\boxed{2004!}", CFG).correct is False
 
 
@@ -111,10 +110,11 @@ def test_a_comparison_that_raises_is_an_error_not_a_wrong_answer(monkeypatch):
         raise TypeError("internal error")
 
     monkeypatch.setattr(math_verify, "verify", broken_verify)
-    # a pair no other test grades in this process: comparisons are cached per process
-    grade = grade_one("517", r"\boxed{517}", CFG)
+    # a pair no other test grades in this process (comparisons are cached per process), and not
+    # two exact numbers (those are compared exactly, without math-verify: see exact.py)
+    grade = grade_one("517 + y", r"\boxed{y + 517}", CFG)
     assert (grade.status, grade.correct, grade.reward) == (VerdictStatus.ERROR, None, None)
-    assert grade.extracted_answer == "517"
+    assert grade.extracted_answer == "y + 517"
 
 
 def test_a_real_hang_times_out_in_process():
