@@ -9,8 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from dypo_data.cli.common import build_prompt_source, out_console, reporting, setup_logging, show_progress
+from dypo_data.cli.common import build_prompt_source, field_help, out_console, reporting, setup_logging, show_progress
 from dypo_data.errors import ConfigError
+from dypo_data.prompts import PromptSource
 
 
 def parse_model_arg(arg: str, *, cache_dir: str | None = None) -> tuple[str, str]:
@@ -32,6 +33,7 @@ def generate(
     prompt_format: Annotated[str, typer.Option("--format", help="Prompt file format: auto, problem_answer, question_answer, verl, openr1.")] = "auto",
     column: Annotated[Optional[list[str]], typer.Option(help="Map a prompt field to an input column, FIELD=COLUMN (repeatable; nested: reward_model.ground_truth).")] = None,
     instruction: Annotated[Optional[str], typer.Option(help="Text appended to each problem (default asks for a \\boxed{} answer; '' for none).")] = None,
+    solution_teacher: Annotated[str, typer.Option(help=field_help(PromptSource, "solution_teacher"))] = PromptSource.solution_teacher,
     teacher: Annotated[Optional[list[str]], typer.Option(help="Teacher model as NAME=PATH or PATH (repeat for several). PATH may be smollm2 or tiny[:SEED].")] = None,
     policy: Annotated[Optional[str], typer.Option(help="Policy model as NAME=PATH or PATH; its rollouts form groups of k.")] = None,
     m: Annotated[int, typer.Option("-m", "--m", help="Traces per prompt per teacher.")] = 2,
@@ -77,7 +79,7 @@ def generate(
         if not teacher and not policy:
             raise ConfigError("nothing to generate: no --teacher and no --policy", "name at least one model")
         src = build_prompt_source(prompts, fmt=prompt_format, columns=column, instruction=instruction,
-                                  system_prompt=system_prompt) if prompts else None
+                                  system_prompt=system_prompt, solution_teacher=solution_teacher) if prompts else None
         base = SamplingConfig(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                               stop=tuple(stop or ()), seed=seed)
         options = {}

@@ -8,7 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from dypo_data.cli.common import build_prompt_source, out_console, reporting
+from dypo_data.cli.common import build_prompt_source, field_help, out_console, reporting
+from dypo_data.prompts import PromptSource
+
+_P = PromptSource
 
 
 def import_(
@@ -20,13 +23,18 @@ def import_(
     source: Annotated[Optional[str], typer.Option(help="Source name of these prompts (default: data_source or the file name).")] = None,
     teacher_name: Annotated[Optional[str], typer.Option(help="Model name recorded for imported teacher traces.")] = None,
     teacher_names: Annotated[Optional[str], typer.Option(help="Comma-separated model names by position for rows with several teachers' traces (DYPO's two-teacher target).")] = None,
-    no_traces: Annotated[bool, typer.Option("--no-traces", help="Load the prompts only, not their traces.")] = False,
+    solution_teacher: Annotated[str, typer.Option(help=field_help(_P, "solution_teacher"))] = _P.solution_teacher,
+    no_traces: Annotated[bool, typer.Option("--no-traces", help="Load the prompts only, not their traces or solutions.")] = False,
     skip_missing_answer: Annotated[bool, typer.Option(help="Skip rows with no gold answer instead of failing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Import a prompt set; LUFFY/DYPO `target` traces and OpenR1 `generations` come in as teacher traces.
+    """Import a prompt set; LUFFY/DYPO `target` traces, OpenR1 `generations` and a `solution` column come in as teacher traces.
 
-    Example: dypo-data import openr1.parquet --store st --format verl
+    Examples:
+
+      dypo-data import openr1.parquet --store st --format verl
+
+      dypo-data import problems.jsonl --store st --column solution=worked --solution-teacher reference
     """
     with reporting():
         from dypo_data.jobs.ingest import run_import
@@ -34,6 +42,7 @@ def import_(
         src = build_prompt_source(
             prompts, fmt=prompt_format, columns=column, instruction=instruction, source=source,
             teacher_name=teacher_name, teacher_names=tuple(n.strip() for n in (teacher_names or "").split(",") if n.strip()),
+            solution_teacher=solution_teacher,
             import_traces=not no_traces, on_missing_answer="skip" if skip_missing_answer else "error",
         )
         stats, _ = run_import(str(store), src)

@@ -1,4 +1,4 @@
-"""`dypo-data synth`: a procedural set of verifiable math problems."""
+"""`dypo-data synth`: a procedural set of verifiable math problems, each with a worked solution."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ from dypo_data.cli.common import out_console, reporting
 
 
 def synth(
-    out: Annotated[Path, typer.Option(help="JSONL file to write (problem, answer, kind, difficulty).")],
+    out: Annotated[Path, typer.Option(help="JSONL file to write (problem, answer, solution, kind, difficulty, params).")],
     n: Annotated[int, typer.Option("-n", help="Number of problems.")] = 64,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same problems.")] = 0,
     difficulty: Annotated[int, typer.Option(help="1 (one-step, small numbers) to 5 (many steps, large numbers).")] = 2,
     kind: Annotated[Optional[list[str]], typer.Option(help="Problem kind (repeatable); default: all kinds.")] = None,
 ) -> None:
-    """Write a deterministic set of math problems with LaTeX gold answers.
+    """Write a deterministic set of math problems with LaTeX gold answers and worked solutions.
+
+    Each row's `solution` works the problem step by step and ends in \\boxed{answer}; `dypo-data import`
+    and `generate --prompts` store it as a teacher trace (model `reference`, see --solution-teacher).
 
     Example: dypo-data synth --out problems.jsonl -n 128 --difficulty 3
     """

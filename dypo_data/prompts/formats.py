@@ -8,8 +8,12 @@ file needs a mapping, never a new code path.
 |-----------------|----------------------|-------------------|---------------------------|-----------------------|
 | openr1          | problem, generations | problem           | answer                    | generations (+ flags) |
 | verl            | prompt, reward_model | last user message | reward_model.ground_truth | target (LUFFY / DYPO) |
-| problem_answer  | problem, answer      | problem           | answer                    | -                     |
-| question_answer | question, answer     | question          | answer (GSM8K "#### 42")  | -                     |
+| problem_answer  | problem, answer      | problem           | answer                    | solution              |
+| question_answer | question, answer     | question          | answer (GSM8K "#### 42")  | solution              |
+
+A `solution` column (MATH's worked solutions, `dypo-data synth`'s) holds one reference solution per
+row; it becomes one teacher trace named by `PromptSource.solution_teacher`. OpenR1's `solution`
+(NuminaMath's) stays metadata unless mapped with columns.solution=solution.
 """
 
 from __future__ import annotations
@@ -65,6 +69,11 @@ class ColumnMap:
     teacher: str | None = _col(
         "Column naming the teacher of each trace (str or list). Default: teacher or teacher_model when present; "
         "a name/model key on target messages is used as well."
+    )
+    solution: str | None = _col(
+        "Column with one worked reference solution per row (text that states its answer, e.g. in \\boxed{}), "
+        "imported as a teacher trace named by solution_teacher; an empty or missing value imports none. "
+        "Default: solution for problem_answer and question_answer; none for openr1 and verl."
     )
 
     def __post_init__(self) -> None:
@@ -130,13 +139,15 @@ FORMATS: dict[str, Format] = {
     "problem_answer": Format(
         name="problem_answer",
         identified_by=("problem", "answer"),
-        defaults={**_COMMON, "problem": ("problem",), "answer": ("answer",), "messages": ("messages",)},
+        defaults={**_COMMON, "problem": ("problem",), "answer": ("answer",), "messages": ("messages",),
+                  "solution": ("solution",)},
         teacher_default="import",
     ),
     "question_answer": Format(
         name="question_answer",
         identified_by=("question", "answer"),
-        defaults={**_COMMON, "problem": ("question",), "answer": ("answer",), "messages": ("messages",)},
+        defaults={**_COMMON, "problem": ("question",), "answer": ("answer",), "messages": ("messages",),
+                  "solution": ("solution",)},
         teacher_default="import",
     ),
 }

@@ -9,7 +9,10 @@ Prompt ids hash the source and the whitespace-normalised problem, so the same fi
 every machine, and a prompt repeated in the file is kept once (the first). Teacher solutions shipped with
 the data (LUFFY's `target`, DYPO's two-teacher `target`, OpenR1's `generations`) become teacher traces
 with backend "import"; their correctness flags, where the data has them, go to `source_correct`, and
-the verifier still grades them like any other trace.
+the verifier still grades them like any other trace. A worked reference solution per row (a `solution`
+column, as MATH and `dypo-data synth` write) becomes one more teacher trace, of model
+`solution_teacher` ("reference" by default); its id depends only on the prompt and that name, so
+importing it again, from any file or column, adds nothing.
 """
 
 from __future__ import annotations
@@ -82,7 +85,9 @@ class PromptSource:
     )
     limit: int | None = field(default=None, metadata={"help": "Keep at most this many prompts (after de-duplication)."})
     import_traces: bool = field(
-        default=True, metadata={"help": "Import the teacher solutions the data carries as teacher traces."}
+        default=True,
+        metadata={"help": "Import the teacher solutions the data carries (columns.traces and columns.solution) "
+                          "as teacher traces."},
     )
     teacher_name: str | None = field(
         default=None,
@@ -93,6 +98,11 @@ class PromptSource:
         default=(),
         metadata={"help": "Model names by position for rows with several traces from different teachers (DYPO's "
                           "two-teacher target), e.g. ('qwen', 'deepseek'); beats teacher_name, not names in the data."},
+    )
+    solution_teacher: str = field(
+        default="reference",
+        metadata={"help": "Model name of the teacher traces imported from the solution column (columns.solution): "
+                          "one trace per row that has a solution."},
     )
     on_missing_answer: Literal["error", "skip"] = field(
         default="error", metadata={"help": "A row without a gold answer: error (name the row) or skip it (counted)."}
@@ -125,13 +135,16 @@ class PromptSource:
         for name in (self.teacher_name, *self.teacher_names):
             if name is not None and (not isinstance(name, str) or not name.strip()):
                 raise ConfigError(f"teacher name {name!r} is blank", "give each teacher a non-empty name")
+        if not isinstance(self.solution_teacher, str) or not self.solution_teacher.strip():
+            raise ConfigError(f"solution_teacher={self.solution_teacher!r} is blank",
+                              "name the teacher of imported solutions, e.g. 'reference'")
 
 
 @dataclass
 class LoadedPrompts:
     prompts: pa.Table  # PROMPTS schema, one row per prompt_id (the first occurrence)
     traces: pa.Table  # TRACES schema: imported teacher traces (maybe empty)
-    skipped: dict[str, int]  # reason -> count: missing_answer, duplicate, empty_trace
+    skipped: dict[str, int]  # reason -> count: missing_answer, duplicate, empty_trace, empty_solution
     format: str = ""  # the format used (after detection)
 
 
@@ -184,6 +197,12 @@ def load_prompts(src: PromptSource) -> LoadedPrompts:
             found = _trace_rows(row, where, prompt["prompt_id"], ctx)
             skipped["empty_trace"] += sum(1 for t in found if t is None)
             traces.extend(t for t in found if t is not None)
+        if src.import_traces and ctx.cols["solution"] is not None:
+            solution = _solution_row(row, where, prompt["prompt_id"], ctx)
+            if solution is None:
+                skipped["empty_solution"] += 1
+            else:
+                traces.append(solution)
         if src.limit is not None and len(prompts) >= src.limit:
             break
     return LoadedPrompts(
@@ -275,6 +294,25 @@ def _trace_rows(row: dict[str, Any], where: str, pid: str, ctx: _Context) -> lis
     return out
 
 
+SOLUTION_SETTINGS = settings_hash({"import": "solution"})  # the same for every file, format and column
+
+
+def _solution_row(row: dict[str, Any], where: str, pid: str, ctx: _Context) -> dict[str, Any] | None:
+    """The TRACES row of the row's reference solution, or None when it has none (missing or blank)."""
+    value = ctx.value(row, "solution")
+    if value is not None and not isinstance(value, str):
+        raise InputError(
+            f"the solution at {where} of {ctx.rows.file} is a {type(value).__name__}, not text",
+            "map columns.solution to a column of solution texts, or import with --no-traces (import_traces=False)",
+        )
+    if value is None or not value.strip():
+        return None
+    column = ctx.cols["solution"]
+    raw = RawTrace(completion=value, teacher=None, multi=False, correct=None, finish_reason=None)
+    return _trace_row(raw, pid, ctx.src.solution_teacher, 0, ctx, shash=SOLUTION_SETTINGS,
+                      source=f"{ctx.trace_source}:{column}", sampling={"import": "solution", "column": column})
+
+
 def _teacher(raw: RawTrace, position: int, ctx: _Context) -> str:
     """The data's name, else the configured name for this position, else the configured or format default."""
     names = ctx.src.teacher_names
@@ -287,10 +325,13 @@ def _teacher(raw: RawTrace, position: int, ctx: _Context) -> str:
     return (raw.multi and ctx.fmt.multi_teacher_default) or ctx.fmt.teacher_default
 
 
-def _trace_row(raw: RawTrace, pid: str, model: str, sample_idx: int, ctx: _Context) -> dict[str, Any]:
+def _trace_row(raw: RawTrace, pid: str, model: str, sample_idx: int, ctx: _Context, *, shash: str | None = None,
+               source: str | None = None, sampling: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One imported teacher trace; settings hash, source and sampling default to the import's."""
     role = Role.TEACHER.value
+    shash = shash or ctx.trace_settings
     return {
-        "trace_id": trace_id(pid, model, role, sample_idx, ctx.trace_settings),
+        "trace_id": trace_id(pid, model, role, sample_idx, shash),
         "prompt_id": pid,
         "run_id": None,
         "role": role,
@@ -302,10 +343,10 @@ def _trace_row(raw: RawTrace, pid: str, model: str, sample_idx: int, ctx: _Conte
         "completion": raw.completion,
         "num_tokens": None,
         "finish_reason": raw.finish_reason,
-        "sampling": json.dumps({"import": ctx.fmt.name}),
-        "settings_hash": ctx.trace_settings,
+        "sampling": json.dumps(sampling or {"import": ctx.fmt.name}),
+        "settings_hash": shash,
         "backend": "import",
-        "source": ctx.trace_source,
+        "source": source or ctx.trace_source,
         "source_correct": raw.correct,
         "gen_seconds": None,
         "created_at": ctx.created_at,

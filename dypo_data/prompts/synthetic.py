@@ -2,12 +2,15 @@
 
     generate_problems(64, seed=0, difficulty=2)        # every kind in turn
     generate_problems(8, kinds=["fraction"], difficulty=5)
-    write_problems_jsonl("problems.jsonl", n=256)       # rows: problem, answer, kind, difficulty, params
+    write_problems_jsonl("problems.jsonl", n=256)       # rows: problem, answer, solution, kind, difficulty, params
 
-Each kind is one function `(rng, difficulty) -> (problem, answer, params)`; `params` holds what the
-problem was built from, so the answer can be recomputed without parsing the text. Answers are
-integers, reduced fractions (`\\frac{3}{4}`, `-\\frac{1}{2}`), terminating decimals, ordered pairs
-or comma-separated roots, all of which math-verify reads.
+Each kind is one function `(rng, difficulty) -> (problem, answer, params, solution)`; `params` holds
+what the problem was built from, so the answer can be recomputed without parsing the text. Answers
+are integers, reduced fractions (`\\frac{3}{4}`, `-\\frac{1}{2}`), terminating decimals, ordered pairs
+or comma-separated roots, all of which math-verify reads. `solution` is a worked step-by-step
+solution built from the same numbers (`dypo_data.prompts.worked`) that ends in `\\boxed{answer}`;
+prompt loaders import it as a teacher trace. Adding it drew no random numbers: a seed gives the
+same problems and answers as before solutions existed.
 
 Difficulty 1 is one or two small steps; 5 is many steps with large numbers (for arithmetic: 2 to 6
 operations on numbers up to 9 ... 999). Problem i draws from its own generator seeded by (seed, i),
@@ -26,12 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from dypo_data.errors import ConfigError
+from dypo_data.prompts import worked
+from dypo_data.prompts.latex import latex_decimal, latex_number, latex_terms
+from dypo_data.prompts.worked import Node, expression_latex, expression_python, expression_value
 
 MIN_DIFFICULTY, MAX_DIFFICULTY = 1, 5
 MAX_REDRAWS = 200
 
-Generated = tuple[str, str, dict[str, Any]]  # problem, answer, params
-KindFn = Callable[[random.Random, int], Generated]  # (rng, difficulty) -> problem, answer, params
+Generated = tuple[str, str, dict[str, Any], str]  # problem, answer, params, worked solution
+KindFn = Callable[[random.Random, int], Generated]  # (rng, difficulty) -> problem, answer, params, solution
 KINDS: dict[str, KindFn] = {}  # registration order is the order generate_problems cycles through
 
 
@@ -45,75 +51,20 @@ def kind(name: str) -> Callable[[KindFn], KindFn]:
     return register
 
 
-# --- LaTeX ---------------------------------------------------------------------------------------------
-
-
-def latex_number(x: Fraction | int) -> str:
-    """An integer, or a reduced fraction `\\frac{p}{q}` with the sign in front."""
-    x = Fraction(x)
-    if x.denominator == 1:
-        return str(x.numerator)
-    sign = "-" if x < 0 else ""
-    return f"{sign}\\frac{{{abs(x.numerator)}}}{{{x.denominator}}}"
-
-
-def latex_decimal(x: Fraction) -> str:
-    """Exact decimal of a terminating fraction (denominator 2^a 5^b): 3/8 -> 0.375, 5 -> 5."""
-    x = Fraction(x)
-    places = 0
-    while (x * 10**places).denominator != 1:
-        places += 1
-        if places > 12:
-            raise ValueError(f"{x} has no short terminating decimal")
-    if places == 0:
-        return str(x.numerator)
-    scaled = abs(x.numerator * 10**places // x.denominator)
-    digits = str(scaled).rjust(places + 1, "0")
-    return f"{'-' if x < 0 else ''}{digits[:-places]}.{digits[-places:]}"
-
-
-def latex_terms(terms: Iterable[tuple[Fraction | int, str]]) -> str:
-    """A sum of coefficient*variable terms: [(3, 'x'), (-1, 'y'), (Fraction(1, 2), '')] -> 3x - y + \\frac{1}{2}."""
-    out = ""
-    for coef, var in terms:
-        coef = Fraction(coef)
-        if coef == 0:
-            continue
-        size = abs(coef)
-        body = latex_number(size) if (size != 1 or not var) else ""
-        body += var
-        if not out:
-            out = f"-{body}" if coef < 0 else body
-        else:
-            out += f" - {body}" if coef < 0 else f" + {body}"
-    return out or "0"
-
-
 # --- kinds ---------------------------------------------------------------------------------------------
 
 _ARITH_MAX = (9, 20, 50, 100, 999)
-_ARITH_LATEX = {"+": "+", "-": "-", "*": "\\times"}
 
 
-def _expression(rng: random.Random, ops: int, top: int) -> tuple[str, str, str, int]:
-    """A random expression tree with `ops` operators: (latex, python, root operator or '', value)."""
+def _expression(rng: random.Random, ops: int, top: int) -> Node:
+    """A random expression tree with `ops` operators on numbers 1..top."""
     if ops == 0:
-        n = rng.randint(1, top)
-        return str(n), str(n), "", n
+        return rng.randint(1, top)
     op = rng.choice("+-*")
     left_ops = rng.randint(0, ops - 1)
     left = _expression(rng, left_ops, top)
     right = _expression(rng, ops - 1 - left_ops, top)
-
-    def wrap(side: tuple[str, str, str, int], is_right: bool) -> tuple[str, str]:
-        low = side[2] in ("+", "-")
-        if low and (op == "*" or (op == "-" and is_right)):
-            return f"\\left({side[0]}\\right)", f"({side[1]})"
-        return side[0], side[1]
-
-    (ll, lp), (rl, rp) = wrap(left, False), wrap(right, True)
-    value = left[3] + right[3] if op == "+" else left[3] - right[3] if op == "-" else left[3] * right[3]
-    return f"{ll} {_ARITH_LATEX[op]} {rl}", f"{lp} {op} {rp}", op, value
+    return (op, left, right)
 
 
 @kind("arithmetic")
@@ -121,12 +72,14 @@ def arithmetic(rng: random.Random, difficulty: int) -> Generated:
     """Integer arithmetic with + - x and parentheses; operator precedence decides the answer."""
     ops, top = difficulty + 1, _ARITH_MAX[difficulty - 1]
     while True:
-        latex, python_expr, _, value = _expression(rng, ops, top)
+        tree = _expression(rng, ops, top)
+        value = expression_value(tree)
         if abs(value) <= 10 ** (difficulty + 3):
             break
     verb = rng.choice(("Compute", "Evaluate", "What is the value of"))
     end = "?" if verb.startswith("What") else "."
-    return f"{verb} ${latex}${end}", str(value), {"expression": python_expr}
+    problem = f"{verb} ${expression_latex(tree)}${end}"
+    return problem, str(value), {"expression": expression_python(tree)}, worked.arithmetic_solution(tree)
 
 
 _FRACTION_TERMS = (2, 2, 3, 3, 4)
@@ -149,7 +102,8 @@ def fraction(rng: random.Random, difficulty: int) -> Generated:
     for op, (num, den) in zip(ops, terms[1:]):
         latex += f" {_FRACTION_LATEX[op]} \\frac{{{num}}}{{{den}}}"
     problem = f"Compute ${latex}$. Express your answer as a fraction in lowest terms."
-    return problem, latex_number(value), {"terms": [list(t) for t in terms], "ops": ops}
+    params = {"terms": [list(t) for t in terms], "ops": ops}
+    return problem, latex_number(value), params, worked.fraction_solution(terms, ops)
 
 
 def eval_fraction_terms(terms: list[tuple[int, int]], ops: list[str]) -> Fraction:
@@ -192,7 +146,8 @@ def linear(rng: random.Random, difficulty: int) -> Generated:
     lhs = latex_terms([(a, var), (b, "")])
     rhs = latex_terms([(c, var), (d, "")])
     params = {"a": str(a), "b": str(b), "c": str(c), "d": str(d), "variable": var}
-    return f"Solve for ${var}$: ${lhs} = {rhs}$.", latex_number(x), params
+    solution = worked.linear_solution(a, b, c, d, var)
+    return f"Solve for ${var}$: ${lhs} = {rhs}$.", latex_number(x), params, solution
 
 
 _NICE_PERCENTS = (10, 20, 25, 50, 75)
@@ -206,14 +161,14 @@ def percent(rng: random.Random, difficulty: int) -> Generated:
         n = rng.randint(1, 10) * 20 if difficulty == 1 else rng.randint(2, 100) * 5
         value = Fraction(p * n, 100)
         params = {"mode": "of", "percent": p, "number": n}
-        return f"What is ${p}\\%$ of ${n}$?", latex_decimal(value), params
+        return f"What is ${p}\\%$ of ${n}$?", latex_decimal(value), params, worked.percent_of_solution(p, n)
     if difficulty == 4:
         whole = rng.randint(2, 80) * 5
         p = Fraction(rng.randint(1, 399), 2)  # 0.5% steps: the percentage is a short decimal
         part = whole * p / 100
         params = {"mode": "what_percent", "part": str(part), "whole": whole}
         problem = f"What percent of ${whole}$ is ${latex_decimal(part)}$? Give the number without the percent sign."
-        return problem, latex_decimal(p), params
+        return problem, latex_decimal(p), params, worked.percent_of_what_solution(part, whole)
     steps = 2 if difficulty == 3 else 3
     price = rng.randint(2, 50) * 20
     changes = [rng.choice((-1, 1)) * rng.choice((5, 10, 15, 20, 25, 30, 40, 50)) for _ in range(steps)]
@@ -222,7 +177,8 @@ def percent(rng: random.Random, difficulty: int) -> Generated:
         value *= Fraction(100 + ch, 100)
     said = ", then ".join(f"{'increased' if ch > 0 else 'decreased'} by ${abs(ch)}\\%$" for ch in changes)
     problem = f"A price of ${price}$ dollars is {said}. What is the final price in dollars?"
-    return problem, latex_decimal(value), {"mode": "changes", "price": price, "changes": changes}
+    params = {"mode": "changes", "price": price, "changes": changes}
+    return problem, latex_decimal(value), params, worked.percent_changes_solution(price, changes)
 
 
 _GCD_TOP = (12, 20, 40, 60, 120)
@@ -239,7 +195,8 @@ def gcd_lcm(rng: random.Random, difficulty: int) -> Generated:
     value = math.gcd(*numbers) if op == "gcd" else math.lcm(*numbers)
     listed = ", ".join(f"${n}$" for n in numbers[:-1]) + f" and ${numbers[-1]}$"
     what = "greatest common divisor" if op == "gcd" else "least common multiple"
-    return f"Find the {what} of {listed}.", str(value), {"op": op, "numbers": numbers}
+    params = {"op": op, "numbers": numbers}
+    return f"Find the {what} of {listed}.", str(value), params, worked.gcd_lcm_solution(op, numbers)
 
 
 @kind("system")
@@ -261,7 +218,8 @@ def system(rng: random.Random, difficulty: int) -> Generated:
     problem = (f"Solve the system of equations ${eq1}$ and ${eq2}$. "
                "Give your answer as an ordered pair $(x, y)$.")
     params = {"a1": a1, "b1": b1, "c1": str(c1), "a2": a2, "b2": b2, "c2": str(c2)}
-    return problem, f"({latex_number(x)}, {latex_number(y)})", params
+    solution = worked.system_solution(a1, b1, c1, a2, b2, c2)
+    return problem, f"({latex_number(x)}, {latex_number(y)})", params, solution
 
 
 def solve_2x2(a1: int, b1: int, c1: Fraction, a2: int, b2: int, c2: Fraction) -> tuple[Fraction, Fraction]:
@@ -290,7 +248,8 @@ def quadratic(rng: random.Random, difficulty: int) -> Generated:
     equation = latex_terms([(a, "x^2"), (b, "x"), (c, "")])
     problem = (f"Find all real solutions of ${equation} = 0$. "
                "Enter the solutions separated by commas, from least to greatest.")
-    return problem, ", ".join(latex_number(r) for r in roots), {"coefficients": [a, b, c]}
+    answer = ", ".join(latex_number(r) for r in roots)
+    return problem, answer, {"coefficients": [a, b, c]}, worked.quadratic_solution(a, b, c)
 
 
 @kind("modular")
@@ -300,12 +259,13 @@ def modular(rng: random.Random, difficulty: int) -> Generated:
         m = rng.randint(2, 9 if difficulty == 1 else 30)
         n = rng.randint(m + 1, 100 if difficulty == 1 else 10_000)
         return (f"What is the remainder when ${n}$ is divided by ${m}$?", str(n % m),
-                {"base": n, "exponent": 1, "modulus": m})
+                {"base": n, "exponent": 1, "modulus": m}, worked.modular_solution(n, 1, m))
     base = rng.randint(2, (20, 50, 99)[difficulty - 3])
     exponent = rng.randint(5, (20, 100, 2000)[difficulty - 3])
     m = rng.randint(3, (20, 50, 200)[difficulty - 3])
     problem = f"What is the remainder when ${base}^{{{exponent}}}$ is divided by ${m}$?"
-    return problem, str(pow(base, exponent, m)), {"base": base, "exponent": exponent, "modulus": m}
+    params = {"base": base, "exponent": exponent, "modulus": m}
+    return problem, str(pow(base, exponent, m)), params, worked.modular_solution(base, exponent, m)
 
 
 # --- the generator -------------------------------------------------------------------------------------
@@ -328,7 +288,7 @@ def generate_problems(
     n: int, *, seed: int = 0, kinds: Iterable[str] | str | None = None, difficulty: int = 2
 ) -> list[dict[str, Any]]:
     """`n` distinct problems cycling through `kinds` (all by default), as dicts with keys
-    problem, answer, kind, difficulty, params."""
+    problem, answer, solution, kind, difficulty, params."""
     order = _check(n, kinds, difficulty)
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -336,7 +296,7 @@ def generate_problems(
         name = order[i % len(order)]
         rng = random.Random(f"dypo.synthetic:{seed}:{i}")
         for _ in range(MAX_REDRAWS):
-            problem, answer, params = KINDS[name](rng, difficulty)
+            problem, answer, params, solution = KINDS[name](rng, difficulty)
             if problem not in seen:
                 break
         else:
@@ -345,7 +305,8 @@ def generate_problems(
                 "ask for fewer problems, more kinds or a higher difficulty",
             )
         seen.add(problem)
-        out.append({"problem": problem, "answer": answer, "kind": name, "difficulty": difficulty, "params": params})
+        out.append({"problem": problem, "answer": answer, "solution": solution, "kind": name,
+                    "difficulty": difficulty, "params": params})
     return out
 
 

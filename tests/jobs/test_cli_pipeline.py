@@ -53,7 +53,8 @@ def problems(tmp_path_factory, cache) -> Path:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, cache, problems) -> Path:
-    """Two tiny teachers (m=2) and a tiny policy (k=4) on vLLM, then verified."""
+    """Two tiny teachers (m=2) and a tiny policy (k=4) on vLLM, then verified; the synthetic problems'
+    worked solutions come in as one `reference` teacher trace each."""
     root = tmp_path_factory.mktemp("store") / "st"
     dypo("generate", "--store", str(root), "--prompts", str(problems),
          "--teacher", "t1=tiny:1", "--teacher", "t2=tiny:2", "-m", "2",
@@ -65,7 +66,7 @@ def store(tmp_path_factory, cache, problems) -> Path:
 def test_generate_writes_teacher_traces_and_policy_groups(store):
     con = connect(store)
     per_model = dict(con.execute("SELECT model, count(*) FROM traces GROUP BY model").fetchall())
-    assert per_model == {"t1": 24, "t2": 24, "pol": 48}
+    assert per_model == {"t1": 24, "t2": 24, "pol": 48, "reference": 12}
     groups = con.execute("SELECT k, count(*) FROM groups GROUP BY k").fetchall()
     assert groups == [(4, 12)]
     row = con.execute(
@@ -111,12 +112,12 @@ def test_sql_and_stats(store, cache, tmp_path):
     out = dypo("sql", "--store", str(store), "SELECT model, count(*) AS n FROM traces GROUP BY model ORDER BY model",
                "--json", cache=cache)
     rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
-    assert [r["model"] for r in rows] == ["pol", "t1", "t2"]
+    assert [r["model"] for r in rows] == ["pol", "reference", "t1", "t2"]
     csv = tmp_path / "tiers.csv"
     dypo("sql", "--store", str(store), "SELECT tier, count(*) AS n FROM groups GROUP BY tier", "--out", str(csv), cache=cache)
     assert csv.read_text().splitlines()[0] == '"tier","n"'
     stats = json.loads(dypo("stats", "--store", str(store), "--json", cache=cache).stdout)
-    assert {m["model"] for m in stats["models"]} == {"pol", "t1", "t2"}
+    assert {m["model"] for m in stats["models"]} == {"pol", "reference", "t1", "t2"}
     assert sum(t["groups"] for t in stats["tiers"]) == 12
     table = dypo("stats", "--store", str(store), cache=cache).stdout
     assert "Traces per model" in table and "t1" in table
@@ -139,18 +140,25 @@ def test_killed_generate_resumes_without_duplicates_or_loss(tmp_path, cache):
     deadline = time.monotonic() + 300
     shards: list[Path] = []
     while time.monotonic() < deadline and proc.poll() is None:
-        shards = [p for p in (root / "traces").glob("part-*.parquet")] if (root / "traces").exists() else []
+        # the import of the file's worked solutions writes its own shard first: wait for a generated one
+        shards = [p for p in (root / "traces").glob("part-generate-*.parquet")] if (root / "traces").exists() else []
         if shards:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "generate finished before it could be killed; make the run longer"
     os.killpg(proc.pid, signal.SIGKILL)  # the whole session: the CLI and vLLM's engine process
     proc.wait()
-    survived = read_table(root, "traces", ["trace_id"])["trace_id"].to_pylist()
+
+    def trace_ids(role: str) -> list[str]:
+        files = sorted((root / "traces").glob("*.parquet"))
+        table = pa.concat_tables([pq.read_table(f, columns=["trace_id", "role"]) for f in files])
+        return [t for t, r in zip(table["trace_id"].to_pylist(), table["role"].to_pylist()) if r == role]
+
+    survived = trace_ids("policy")
     assert 0 < len(survived) < 300 * 8
     dypo(*args, cache=cache)
-    files = sorted((root / "traces").glob("*.parquet"))
-    ids = pa.concat_tables([pq.read_table(f, columns=["trace_id"]) for f in files])["trace_id"].to_pylist()
+    ids = trace_ids("policy")
     assert len(ids) == len(set(ids)) == 300 * 8, "duplicates or missing traces after resume"
     assert set(survived) <= set(ids)
+    assert len(set(trace_ids("teacher"))) == len(trace_ids("teacher")) == 300  # the reference solutions, once
     assert not list((root / "traces").glob(".tmp-*"))
