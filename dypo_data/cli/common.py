@@ -38,6 +38,7 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("dypo_data.backends.cpu").setLevel(logging.INFO)  # the settings chosen for this CPU
 
 
 def show_progress(quiet: bool, as_json: bool) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from dypo_data.backends.cpu import detect_cpu
 from dypo_data.errors import BackendError, ConfigError
 from dypo_train.config import TrainConfig
 from dypo_train.stream.tokens import check_chat_template
@@ -44,6 +45,10 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Any:
     mixed = cfg.model.mixed_precision
     if mixed == "bf16" and not _bf16_supported():
         log.warning("bf16 autocast is not supported here; training in %s", cfg.model.dtype)
+        mixed = "no"
+    elif mixed == "bf16" and not _has_accelerator_device() and not (cpu := detect_cpu()).native_bf16:
+        log.warning("cpu %s: bf16 autocast would be emulated (several times slower), training in %s "
+                    "(DYPO_CPU_ISA=amx forces bf16)", cpu.describe(), cfg.model.dtype)
         mixed = "no"
     launched = int(os.environ.get("WORLD_SIZE") or 1)  # set by accelerate launch / torchrun
     # Accelerate keeps one settings singleton per process; a second run in the same process (a notebook,

@@ -109,15 +109,18 @@ def test_import_is_light():
 
 
 def test_engine_arguments_on_cpu(tiny_model_dir, monkeypatch):
+    from dypo_data.backends.cpu import CpuProfile, plan_cpu_engine
     from dypo_data.backends.vllm_engine import engine_kwargs, set_cpu_kv_cache
 
-    spec = ModelSpec(name="m", path=str(tiny_model_dir), logprobs_mode="processed", max_num_seqs=4)
-    cpu = engine_kwargs(spec, on_cpu=True)
+    spec = ModelSpec(name="m", path=str(tiny_model_dir), logprobs_mode="processed", max_num_seqs=4, max_model_len=512)
+    avx2 = CpuProfile(isa="avx2", model_name="test", cores=(0, 1))
+    cpu = engine_kwargs(spec, cpu=plan_cpu_engine(avx2, dtype="auto", context_tokens=512, environ={}))
     assert cpu["enable_chunked_prefill"] is False  # per-sample seeds crash with chunked prefill on CPU
-    assert cpu["max_num_batched_tokens"] >= 4096  # the tiny model's length: whole prompts fit a step
+    assert cpu["max_num_batched_tokens"] == 2048  # bounded: not the model's whole context
+    assert cpu["dtype"] == "float32"  # bf16 would be emulated on AVX2
     assert cpu["logprobs_mode"] == "processed_logprobs" and cpu["max_num_seqs"] == 4
-    gpu = engine_kwargs(spec, on_cpu=False)
-    assert "enable_chunked_prefill" not in gpu and "max_num_batched_tokens" not in gpu
+    gpu = engine_kwargs(spec, cpu=None)
+    assert "enable_chunked_prefill" not in gpu and "max_num_batched_tokens" not in gpu and gpu["dtype"] == "auto"
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "9")
     set_cpu_kv_cache(1.5)
     import os

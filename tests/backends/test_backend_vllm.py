@@ -159,7 +159,7 @@ def test_close_is_idempotent_and_final(monkeypatch, tiny_spec):
         def get_tokenizer(self):
             return None
 
-    monkeypatch.setattr(vllm_engine, "start_engine", lambda model: (FakeLLM(), 0.0))
+    monkeypatch.setattr(vllm_engine, "start_engine", lambda model: (FakeLLM(), 0.0, None))
     with make_backend("vllm", tiny_spec) as backend:
         pass
     backend.close()
