@@ -38,6 +38,7 @@ test-all: install
 bench: install
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_verify.py
+	$(PY) benchmarks/bench_eval.py
 	$(PY) benchmarks/bench_train.py
 
 clean-demo:

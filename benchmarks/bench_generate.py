@@ -18,14 +18,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench_common import alternate, print_result, run_child
 
-RESULT_MARK = "BENCH_RESULT "
+
 
 
 def _problems(n: int) -> list[dict]:
@@ -86,14 +85,9 @@ def run_dypo(args: argparse.Namespace) -> dict:
 
 
 def _child(mode: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, "--model-path", args.model_path, "--prompts-file",
-           args.prompts_file, "--n", str(args.n), "--max-tokens", str(args.max_tokens), "--dtype", args.dtype,
-           "--kv-cache-gib", str(args.kv_cache_gib)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "VLLM_LOGGING_LEVEL": "ERROR"})
-    lines = [line for line in out.stdout.splitlines() if line.startswith(RESULT_MARK)]
-    if out.returncode != 0 or not lines:
-        raise SystemExit(f"{mode} run failed:\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1][len(RESULT_MARK):])
+    return run_child(__file__, mode, ["--model-path", args.model_path, "--prompts-file", args.prompts_file, "--n", str(args.n),
+                                      "--max-tokens", str(args.max_tokens), "--dtype", args.dtype,
+                                      "--kv-cache-gib", str(args.kv_cache_gib)])
 
 
 def main() -> None:
@@ -112,7 +106,7 @@ def main() -> None:
 
     if args.child:
         result = run_raw(args) if args.child == "raw" else run_dypo(args)
-        print(RESULT_MARK + json.dumps(result))  # engines may print to stdout too
+        print_result(result)
         return
 
     from dypo_data.jobs.common import package_versions
@@ -123,10 +117,7 @@ def main() -> None:
     args.prompts_file = str(tmp / "prompts.jsonl")
     _write_jsonl(_problems(args.prompts), Path(args.prompts_file))
 
-    runs: dict[str, list[dict]] = {"raw": [], "dypo": []}
-    for i in range(args.repeats):
-        for mode in (("raw", "dypo") if i % 2 == 0 else ("dypo", "raw")):
-            runs[mode].append(_child(mode, args))
+    runs = alternate(("raw", "dypo"), args.repeats, lambda mode: _child(mode, args))
 
     def best(mode: str) -> dict:  # the fastest run of each side: least disturbed by the shared machine
         return min(runs[mode], key=lambda r: r["gen_s"] / max(r["tokens"], 1))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from dypo_data.errors import ConfigError
+from dypo_data.prompts.formats import DEFAULT_INSTRUCTION
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -55,6 +56,11 @@ class DataConfig:
     rollout_model: str = _f("", "Offline: use only rollout groups of this model name (default: every policy model in the store).")
     teachers: list[str] = _f([], "Teacher model names whose verified traces are SFT targets (default: every teacher in the store).")
     max_teachers: int = _f(0, "Keep only the first N teachers by name (0: all); 1 gives the one-teacher ablation.")
+    prompt_split: str = _f(
+        "train",
+        "Online: sample rollouts only for prompts of this split ('' for every prompt). `dypo-data eval` stores benchmark "
+        "problems as split 'test', so they never become training prompts.",
+    )
     old_logprobs: Literal["recompute", "behaviour"] = _f(
         "recompute",
         "pi_old of the importance ratio: 'recompute' with the current weights before the update (verl/TRL practice; ratio 1 "
@@ -155,6 +161,31 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    every: int = _f(0, "Evaluate the current weights every N steps and after the last step, on eval.prompts (0: never).")
+    prompts: list[str] = _f([], "Held-out prompt sets, [NAME=]FILE (JSONL/Parquet with problem and answer); NAME defaults to the file's stem.")
+    k: int = _f(4, "Samples per problem (avg@k, pass@j for j <= k, maj@k).")
+    limit: int = _f(0, "Use the first N problems of each set (0: all).")
+    temperature: float = _f(0.6, "Sampling temperature (the paper evaluates at 0.6).")
+    top_p: float = _f(0.95, "Nucleus sampling probability mass.")
+    max_tokens: int = _f(1024, "Longest sample in tokens.")
+    instruction: str = _f(DEFAULT_INSTRUCTION, "Appended to each problem unless it already contains it; '' for none.")
+    seed: int = _f(0, "Sampling seed (the same at every evaluation, so steps differ only by their weights).")
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, "eval.every", self.every, "must be >= 0", "use 0 (off) or a step interval")
+        _check(not (self.every and not self.prompts), "eval.prompts", self.prompts, f"is empty but eval.every={self.every}",
+               "name a held-out set, e.g. --set eval.prompts=../shared/benchmarks/math500.jsonl")
+        _check(not (self.prompts and not self.every), "eval.every", self.every, "is 0 but eval.prompts is set",
+               "set eval.every=N (evaluate every N steps and at the end), or drop eval.prompts")
+        _check(self.k >= 1, "eval.k", self.k, "must be >= 1", "use 4")
+        _check(self.limit >= 0, "eval.limit", self.limit, "must be >= 0", "use 0 for every problem")
+        _check(self.temperature >= 0, "eval.temperature", self.temperature, "must be >= 0", "use 0.6")
+        _check(0 < self.top_p <= 1, "eval.top_p", self.top_p, "must be in (0, 1]", "use 0.95")
+        _check(self.max_tokens >= 1, "eval.max_tokens", self.max_tokens, "must be >= 1", "use e.g. 1024")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = _f("", "Run name (default: recipe and a timestamp); the run's outputs go to output_dir/name.")
     output_dir: str = _f("runs", "Directory of run outputs: checkpoints, resolved config, TensorBoard logs.")
@@ -187,6 +218,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "The optimizer."})
     rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "Rollout groups (online sampling)."})
     run: RunConfig = field(default_factory=RunConfig, metadata={"help": "Steps, batches, checkpoints and logging."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation of the weights during training."})
 
     def __post_init__(self) -> None:
         rl_used = self.loss.gate in ("dypo", "none", "rl", "static") or self.run.sft_steps > 0 and self.loss.gate != "sft"
@@ -212,7 +244,8 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "optim": OptimConfig, "rollout": RolloutConfig, "run": RunConfig}
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "optim": OptimConfig, "rollout": RolloutConfig, "run": RunConfig,
+                             "eval": EvalConfig}
 
 
 def valid_keys() -> list[str]:

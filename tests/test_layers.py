@@ -22,6 +22,8 @@ FORBIDDEN = {
     "dypo_data.grading": ("dypo_data.store", "dypo_data.backends", "dypo_data.jobs", "dypo_data.cli"),
     "dypo_data.backends": ("dypo_data.store", "dypo_data.jobs", "dypo_data.cli", "dypo_data.grading"),
     "dypo_data.models": ("dypo_data.store", "dypo_data.jobs", "dypo_data.cli", "dypo_data.grading"),
+    "dypo_data.evaluation": ("dypo_data.store", "dypo_data.backends", "dypo_data.grading", "dypo_data.prompts",
+                             "dypo_data.jobs", "dypo_data.cli", "dypo_data.models"),
     "dypo_data.jobs": ("dypo_data.cli",),
     "dypo_train": ("dypo_data.cli", "dypo_data.jobs"),
 }
@@ -29,6 +31,7 @@ FORBIDDEN = {
 FORBIDDEN_THIRD_PARTY = {
     "dypo_data.contracts": ("torch", "duckdb", "vllm", "math_verify"),
     "dypo_data.store": ("torch", "vllm", "math_verify"),
+    "dypo_data.evaluation": ("torch", "duckdb", "vllm", "math_verify"),
 }
 
 

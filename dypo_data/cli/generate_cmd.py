@@ -73,6 +73,7 @@ def generate(
     setup_logging(verbose)
     with reporting():
         from dypo_data.backends import ModelSpec, SamplingConfig
+        from dypo_data.backends.slot import BackendSlot
         from dypo_data.jobs.generate import GenerateConfig, run_generate
         from dypo_data.jobs.ingest import run_import
 
@@ -113,9 +114,10 @@ def generate(
             import_stats, ids = run_import(str(store), src)
             configs = [replace(cfg, prompt_ids=tuple(ids)) for cfg in configs]
             summaries.append({"role": "import", "run_id": import_stats.run_id, **dict(import_stats.counts)})
-        for cfg in configs:
-            stats = run_generate(cfg)
-            summaries.append({"role": cfg.role, "run_id": stats.run_id, **dict(stats.counts), **stats.timings})
+        with BackendSlot() as engines:  # a teacher that is also the policy starts one engine for both
+            for cfg in configs:
+                stats = run_generate(cfg, engines=engines)
+                summaries.append({"role": cfg.role, "run_id": stats.run_id, **dict(stats.counts), **stats.timings})
         if as_json:
             print(json.dumps(summaries, default=str))
         elif not quiet:

@@ -12,7 +12,7 @@ from dypo_data.cli.common import arrow_to_rich, out_console, reporting
 
 
 def sql(
-    query: Annotated[str, typer.Argument(help="SQL over the views prompts, traces, verdicts, latest_verdicts, scored_traces, groups, teacher_pool.")],
+    query: Annotated[str, typer.Argument(help="SQL over the views prompts, traces, verdicts, latest_verdicts, scored_traces, groups, teacher_pool, train_metrics, train_samples, eval_results.")],
     store: Annotated[Path, typer.Option(help="Store directory.")],
     out: Annotated[Optional[Path], typer.Option(help="Also write the result to a .csv, .json/.jsonl or .parquet file.")] = None,
     max_rows: Annotated[int, typer.Option(help="Rows to print.")] = 50,

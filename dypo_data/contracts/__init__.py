@@ -2,6 +2,7 @@
 
 from dypo_data.contracts.ids import group_id, prompt_id, settings_hash, stable_hash, trace_id, verdict_id
 from dypo_data.contracts.schemas import (
+    EVAL_RESULTS,
     PROMPTS,
     SCHEMA_VERSION,
     TABLES,
@@ -12,6 +13,7 @@ from dypo_data.contracts.schemas import (
 )
 
 __all__ = [
+    "EVAL_RESULTS",
     "PROMPTS",
     "SCHEMA_VERSION",
     "TABLES",

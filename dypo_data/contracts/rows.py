@@ -25,9 +25,25 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def trace_settings(role: str, model: _HasSettings, sampling: _HasSettings) -> dict:
-    """Everything that shapes a sample, recorded with each trace and hashed into its id."""
-    return {"role": role, "model": model.settings(), "sampling": sampling.settings()}
+# Roles whose traces record the policy version that sampled them (and hash it into their ids).
+VERSIONED_ROLES = ("policy", "eval")
+
+
+def trace_settings(role: str, model: _HasSettings, sampling: _HasSettings, prompt: dict[str, Any] | None = None) -> dict:
+    """Everything that shapes a sample, recorded with each trace and hashed into its id.
+
+    `prompt`: how the prompt text was built when it is not the stored prompt's own (eval: the
+    instruction and system prompt); left out when empty, so other traces keep their ids.
+    """
+    settings = {"role": role, "model": model.settings(), "sampling": sampling.settings()}
+    if prompt:
+        settings["prompt"] = prompt
+    return settings
+
+
+def trace_version(role: str, policy_version: str | None) -> str | None:
+    """The policy version a trace of `role` records: policy rollouts and eval samples keep it."""
+    return policy_version if role in VERSIONED_ROLES else None
 
 
 def trace_row(
@@ -37,9 +53,10 @@ def trace_row(
     prompt_token_ids: Sequence[int] | None = None, completion_token_ids: Sequence[int] | None = None,
     completion_logprobs: Sequence[float] | None = None,
 ) -> dict:
-    """One traces row. Only policy rollouts carry a policy version and a group id (prompt, model,
-    settings, version): the k samples of one prompt under one setting form one group."""
-    version = policy_version if role == "policy" else None
+    """One traces row. Policy rollouts and eval samples carry a policy version; only policy rollouts
+    carry a group id (prompt, model, settings, version): the k samples of one prompt under one
+    setting form one group. Eval samples are measurements and never form groups."""
+    version = trace_version(role, policy_version)
     return {
         "trace_id": trace_id(prompt_id, model, role, sample_idx, shash, version),
         "prompt_id": prompt_id,
@@ -86,4 +103,15 @@ def verdict_row(grade: Any, gold: str, *, vhash: str, settings_json: str, versio
         "settings_hash": vhash,
         "seconds": grade.seconds,
         "created_at": utc_now(),
+    }
+
+
+def eval_result_row(*, run_id: str, model: str, policy_version: str, benchmark: str, metric: str, value: float,
+                    low: float | None, high: float | None, n_problems: int, k: int, settings_json: str,
+                    shash: str, created_at: dt.datetime) -> dict:
+    """One eval_results row: one metric of one (model, policy version, benchmark) under one setting."""
+    return {
+        "run_id": run_id, "model": model, "policy_version": policy_version, "benchmark": benchmark,
+        "metric": metric, "value": value, "low": low, "high": high, "n_problems": n_problems, "k": k,
+        "settings": settings_json, "settings_hash": shash, "created_at": created_at,
     }

@@ -12,6 +12,11 @@ Tables
 - train_samples: one row per (training run, step, prompt): the tier the gate saw, where the prompt
             was routed (sft | rl | skip:<reason>), its rollout group and the teacher trace trained on.
             Joins train_metrics to the prompts, groups and traces a step learned from.
+- eval_results: one row per (evaluation run, model, policy version, benchmark, metric): what
+            `dypo-data eval` measured (avg@k, pass@j, maj@k with a bootstrap interval; ungradable
+            samples, truncation rate, mean length), long format. `settings` holds everything the
+            numbers depend on (sampling, k, instruction, verifier, bootstrap, prompt set) and
+            `settings_hash` its hash; a rerun with the same settings supersedes the older rows.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ VERSION_KEY = b"dypo.schema_version"
 
 
 class Role(str, enum.Enum):
-    """Who produced a trace."""
+    """Who produced a trace. Eval samples (`dypo-data eval`) carry a policy version but no group:
+    they are measurements, never training data."""
 
     TEACHER = "teacher"
     POLICY = "policy"
@@ -148,10 +154,30 @@ TRAIN_SAMPLES = _schema(
     ],
 )
 
+EVAL_RESULTS = _schema(
+    "eval_results",
+    [
+        pa.field("run_id", pa.string(), nullable=False),  # the `dypo-data eval` run that computed the row
+        pa.field("model", pa.string(), nullable=False),  # the model's name (a training run's name for --run)
+        pa.field("policy_version", pa.string(), nullable=False),  # "base", or the training step of a checkpoint
+        pa.field("benchmark", pa.string(), nullable=False),  # the prompt set's name (file stem unless named)
+        pa.field("metric", pa.string(), nullable=False),  # avg@k, pass@j, maj@k, ungradable, truncation_rate, ...
+        pa.field("value", pa.float64()),  # NaN when no problem counts for the metric
+        pa.field("low", pa.float64()),  # bootstrap interval (null for counts and rates without one)
+        pa.field("high", pa.float64()),
+        pa.field("n_problems", pa.int32(), nullable=False),  # problems the value rests on
+        pa.field("k", pa.int32(), nullable=False),  # samples per problem
+        pa.field("settings", pa.string(), nullable=False),  # JSON: what the numbers depend on
+        pa.field("settings_hash", pa.string(), nullable=False),
+        pa.field("created_at", _TS),
+    ],
+)
+
 TABLES: dict[str, pa.Schema] = {
     "prompts": PROMPTS,
     "traces": TRACES,
     "verdicts": VERDICTS,
     "train_metrics": TRAIN_METRICS,
     "train_samples": TRAIN_SAMPLES,
+    "eval_results": EVAL_RESULTS,
 }

@@ -18,10 +18,14 @@ from typing import Literal
 
 import pyarrow as pa
 
-from dypo_data.backends import GenerationRequest, GenerationResult, ModelSpec, SamplingConfig, make_backend
+from dypo_data.backends import (
+    GenerationRequest, GenerationResult, ModelSpec, SamplingConfig, fit_context, resolve_spec,
+)
 from dypo_data.contracts import settings_hash, trace_id
-from dypo_data.contracts.rows import trace_row, trace_settings
-from dypo_data.errors import ConfigError, InputError
+from dypo_data.contracts.rows import trace_row, trace_settings, trace_version
+from dypo_data.backends.cpu import running_engines
+from dypo_data.backends.slot import BackendSlot
+from dypo_data.errors import BackendError, ConfigError, InputError
 from dypo_data.jobs.common import JobStats, ShardBuffer, make_progress, new_run_id, utc_now
 from dypo_data.jobs.ingest import ingest_prompts
 from dypo_data.prompts import PromptSource
@@ -33,8 +37,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class GenerateConfig:
     store: str = field(metadata={"help": "Store directory (created if missing)."})
-    role: Literal["teacher", "policy"] = field(
-        default="teacher", metadata={"help": "teacher: m traces per prompt per model; policy: a group of k rollouts."}
+    role: Literal["teacher", "policy", "eval"] = field(
+        default="teacher",
+        metadata={"help": "teacher: m traces per prompt per model; policy: a group of k rollouts; eval: k samples "
+                          "per prompt that record the policy version but form no group (dypo-data eval)."},
     )
     models: tuple[ModelSpec, ...] = field(default=(), metadata={"help": "Models to sample from, one after another."})
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Sampling settings."})
@@ -48,7 +54,14 @@ class GenerateConfig:
     backend_options: dict = field(
         default_factory=dict, metadata={"help": "Backend-specific options (e.g. base_urls for openai)."}
     )
-    policy_version: str = field(default="base", metadata={"help": "Version tag of the policy (its training step)."})
+    policy_version: str = field(
+        default="base", metadata={"help": "Version tag of the policy (its training step); recorded by policy and eval traces."}
+    )
+    prompt_settings: dict = field(
+        default_factory=dict,
+        metadata={"help": "How the prompts' messages were built, recorded with each trace and hashed into its id "
+                          "(eval: the instruction); empty for prompts sampled as stored."},
+    )
     limit: int | None = field(default=None, metadata={"help": "Use at most this many prompts."})
     flush_every: int = field(default=256, metadata={"help": "Write a shard once this many traces are buffered."})
     flush_seconds: float = field(default=60.0, metadata={"help": "... or once this many seconds have passed."})
@@ -91,7 +104,7 @@ def plan_requests(
     was lost; indices already stored inside the range are generated again but not written.
     Shapes: prompts has columns prompt_id, messages (one row per prompt).
     """
-    version = policy_version if role == "policy" else None
+    version = trace_version(role, policy_version)
     plans = []
     for pid, messages in zip(prompts["prompt_id"].to_pylist(), prompts["messages"].to_pylist()):
         stored = {i for i in range(n) if trace_id(pid, model.name, role, i, shash, version) in existing}
@@ -136,9 +149,10 @@ def _select_prompts(root: Path, prompt_ids: list[str] | None, limit: int | None)
 
 def _generate_model(
     model: ModelSpec, prompts: pa.Table, existing: set[str], cfg: GenerateConfig, sampling: SamplingConfig,
-    flusher: ShardBuffer, stats: JobStats, run_id: str,
+    flusher: ShardBuffer, stats: JobStats, run_id: str, engines: BackendSlot,
 ) -> None:
-    settings = trace_settings(cfg.role, model, sampling)
+    model = resolve_spec(cfg.backend, model)  # the dtype the engine really runs is what traces record
+    settings = trace_settings(cfg.role, model, sampling, cfg.prompt_settings)
     shash = settings_hash(settings)
     plans = plan_requests(
         prompts, existing, model=model, role=cfg.role, n=sampling.n, shash=shash, policy_version=cfg.policy_version
@@ -149,13 +163,15 @@ def _generate_model(
     if not plans:
         log.info("%s: all %d samples already stored", model.name, wanted)
         return
+    model = fit_context(cfg.backend, model, [p.request.messages for p in plans], sampling.max_tokens)
     by_key = {p.request.key: p for p in plans}
     sampling_json = json.dumps(settings, sort_keys=True)
-    loading = time.monotonic()
-    with make_backend(cfg.backend, model, **cfg.backend_options) as backend, make_progress(cfg.progress) as bar:
-        stats.time(f"engine_start_seconds/{model.name}", time.monotonic() - loading)
+    backend = engines.get(cfg.backend, model, cfg.backend_options)
+    with make_progress(cfg.progress) as bar:
+        stats.time(f"engine_start_seconds/{model.name}", engines.start_seconds)
         tokens, started = 0, time.monotonic()
         task = bar.add_task(f"{cfg.role} {model.name}", total=todo, rate="")
+        written = 0
         try:
             for result in backend.generate([p.request for p in plans], sampling):
                 rows = result_rows(
@@ -163,9 +179,12 @@ def _generate_model(
                     policy_version=cfg.policy_version, backend_kind=backend.kind, run_id=run_id,
                 )
                 flusher.add(rows)
+                written += len(rows)
                 tokens += sum(c.num_tokens for c in result.completions)
                 rate = tokens / max(time.monotonic() - started, 1e-9)
                 bar.update(task, advance=len(rows), rate=f"{rate:,.0f} tok/s")
+        except BackendError as exc:  # the engine died: say what is kept and how to go on
+            raise engine_died(exc, model.name, written, todo) from exc
         finally:
             flusher.flush()  # results already received are never lost, even on Ctrl-C or a backend error
         stats.time(f"generate_seconds/{model.name}", time.monotonic() - started)  # engine start excluded
@@ -173,23 +192,57 @@ def _generate_model(
     stats.add(f"tokens_generated/{model.name}", tokens)
 
 
-def run_generate(cfg: GenerateConfig) -> JobStats:
-    """Load prompts (optional), then sample every model's missing traces into the store."""
+def engine_died(exc: BackendError, model: str, written: int, todo: int) -> BackendError:
+    """The backend's error plus what is stored and that a rerun resumes (and why it may have died)."""
+    others = running_engines()
+    busy = (f"; another vLLM engine runs on this machine (pids {', '.join(map(str, others[:4]))}): "
+            "run heavy jobs one at a time" if others else "")
+    return BackendError(
+        f"{exc.message} ({model}: {written} of {todo} samples were done and are stored)",
+        f"rerun the same command: it resumes and generates only the missing samples{busy}",
+    )
+
+
+def traces_settings(cfg: GenerateConfig, model: ModelSpec) -> dict:
+    """The settings `run_generate(cfg)` records with `model`'s traces; their hash is in the trace ids."""
+    return trace_settings(cfg.role, resolve_spec(cfg.backend, model), cfg.sampling, cfg.prompt_settings)
+
+
+def run_generate(
+    cfg: GenerateConfig, prompts_table: pa.Table | None = None, engines: BackendSlot | None = None,
+) -> JobStats:
+    """Load prompts (optional), then sample every model's missing traces into the store.
+
+    `engines` lends an open backend across calls (teacher traces and policy groups of one checkpoint
+    start one engine); without it the job starts its own and closes it when done.
+
+    `prompts_table` (columns prompt_id, messages; the prompts must be stored already) samples these
+    messages instead of the stored ones: `dypo-data eval` renders a benchmark with its own
+    instruction, recorded through `cfg.prompt_settings`.
+    """
     root = Path(cfg.store).expanduser()
     check_writable(root)
     run_id = new_run_id("generate")
     stats = JobStats("generate", run_id)
     writer = ShardWriter(root, run_id)
     sampling = replace(cfg.sampling, logprobs=True) if cfg.role == "policy" else cfg.sampling
-    if cfg.prompts is not None:
-        prompt_ids = ingest_prompts(root, cfg.prompts, writer, stats)
+    if prompts_table is not None:
+        prompts = prompts_table.select(["prompt_id", "messages"]).slice(0, cfg.limit)
     else:
-        prompt_ids = list(cfg.prompt_ids) if cfg.prompt_ids is not None else None
-    prompts = _select_prompts(root, prompt_ids, cfg.limit)
+        if cfg.prompts is not None:
+            prompt_ids = ingest_prompts(root, cfg.prompts, writer, stats)
+        else:
+            prompt_ids = list(cfg.prompt_ids) if cfg.prompt_ids is not None else None
+        prompts = _select_prompts(root, prompt_ids, cfg.limit)
     stats.add("prompts_used", prompts.num_rows)
     existing = set(read_table(root, "traces", ["trace_id"])["trace_id"].to_pylist())
     flusher = ShardBuffer(writer, "traces", stats, every=cfg.flush_every, seconds=cfg.flush_seconds)
-    for model in cfg.models:
-        _generate_model(model, prompts, existing, cfg, sampling, flusher, stats, run_id)
+    slot = engines if engines is not None else BackendSlot()
+    try:
+        for model in cfg.models:
+            _generate_model(model, prompts, existing, cfg, sampling, flusher, stats, run_id, slot)
+    finally:
+        if engines is None:
+            slot.close()
     writer.write_manifest(stats.manifest(cfg))
     return stats

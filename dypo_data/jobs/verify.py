@@ -10,13 +10,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 
 from dypo_data.contracts.rows import verdict_row, verifier_settings_hash
 from dypo_data.grading import GradeItem, VerifierConfig, VerifierPool, verifier_version
 from dypo_data.jobs.common import JobStats, ShardBuffer, make_progress, new_run_id
 from dypo_data.store import ShardWriter, check_writable, connect, open_store
-from dypo_data.store.queries import orphan_trace_count, unscored_traces
+from dypo_data.store.queries import orphan_trace_count, unscored_traces, unscored_traces_among
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class VerifyConfig:
     store: str = field(metadata={"help": "Store directory to verify."})
     verifier: VerifierConfig = field(default_factory=VerifierConfig, metadata={"help": "Verifier settings."})
     limit: int | None = field(default=None, metadata={"help": "Verify at most this many traces."})
+    trace_ids: tuple[str, ...] | None = field(
+        default=None, metadata={"help": "Verify only these traces (dypo-data eval: its samples); None: every trace."}
+    )
     flush_every: int = field(default=1024, metadata={"help": "Write a verdict shard every this many verdicts."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
@@ -40,7 +44,7 @@ def run_verify(cfg: VerifyConfig) -> JobStats:
     version = verifier_version()
 
     con = connect(root)
-    todo = unscored_traces(con, vhash)
+    todo = unscored_traces(con, vhash) if cfg.trace_ids is None else unscored_traces_among(con, list(cfg.trace_ids), vhash)
     stats.add("traces_without_prompt", orphan_trace_count(con))
     con.close()
     if cfg.limit is not None:
@@ -51,11 +55,23 @@ def run_verify(cfg: VerifyConfig) -> JobStats:
 
     buffer = ShardBuffer(writer, "verdicts", stats, every=cfg.flush_every)
     started = time.monotonic()
+    if items:  # nothing to grade (a rerun): no worker processes to start
+        _grade(items, cfg, buffer, stats, lambda g: verdict_row(g, gold_of[g.key], vhash=vhash,
+                                                                  settings_json=settings_json, version=version))
+    stats.time("verify_seconds", time.monotonic() - started)
+    writer.write_manifest(stats.manifest(cfg, verifier_settings_hash=vhash, verifier_version=version))
+    return stats
+
+
+def _grade(items: list[GradeItem], cfg: VerifyConfig, buffer: ShardBuffer, stats: JobStats,
+           row_of: Callable[[Any], dict]) -> None:
+    """Grade `items` in the pool, buffering one verdict row each, with a progress bar."""
+    started = time.monotonic()
     with VerifierPool(cfg.verifier) as pool, make_progress(cfg.progress) as bar:
         task = bar.add_task("verify", total=len(items), rate="")
         try:
             for done, grade in enumerate(pool.grade(items), 1):
-                buffer.add([verdict_row(grade, gold_of[grade.key], vhash=vhash, settings_json=settings_json, version=version)])
+                buffer.add([row_of(grade)])
                 stats.add(f"status/{grade.status.value}")
                 if grade.correct:
                     stats.add("correct")
@@ -63,6 +79,3 @@ def run_verify(cfg: VerifyConfig) -> JobStats:
                 bar.update(task, advance=1, rate=f"{rate:,.0f} items/s")
         finally:
             buffer.flush()  # verdicts already computed are kept even when the run is interrupted
-    stats.time("verify_seconds", time.monotonic() - started)
-    writer.write_manifest(stats.manifest(cfg, verifier_settings_hash=vhash, verifier_version=version))
-    return stats

@@ -37,6 +37,15 @@ class Rows:
     rows: Iterator[tuple[str, dict[str, Any]]]
 
 
+def is_saved_dataset(path: str | Path) -> bool:
+    """Whether `path` is a directory written by datasets' `save_to_disk` (one prompt set, not a folder of files)."""
+    p = Path(path)
+    return p.is_dir() and any((p / m).exists() for m in _HF_MARKERS)
+
+
+READABLE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
 def open_rows(path: str, split: str) -> Rows:
     """Open `path` by its extension (or as a saved dataset directory)."""
     p = Path(path)

@@ -110,3 +110,70 @@ def hard_prompt_coverage(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
 
 def status_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return {status: int(n) for status, n in con.execute(STATUS_COUNTS).fetchall()}
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+
+UNSCORED_TRACES_AMONG = """
+    SELECT t.trace_id, t.completion, p.answer AS gold
+    FROM traces t JOIN prompts p USING (prompt_id)
+    WHERE list_contains(?::VARCHAR[], t.trace_id)
+      AND t.trace_id NOT IN (SELECT trace_id FROM verdicts WHERE settings_hash = ?)
+    ORDER BY t.trace_id
+"""
+
+# One row per eval sample of one model, version and sampling setting, on the given prompts, with its
+# newest verdict under the given verifier settings (NULL columns when it has none yet).
+EVAL_SAMPLES = """
+    SELECT t.prompt_id, t.sample_idx, t.finish_reason, t.num_tokens, v.status, v.correct, v.extracted_answer
+    FROM traces t
+    LEFT JOIN (
+        SELECT trace_id, status, correct, extracted_answer FROM verdicts WHERE settings_hash = ?
+        QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY created_at DESC, verdict_id) = 1
+    ) v USING (trace_id)
+    WHERE t.role = 'eval' AND t.model = ? AND t.policy_version = ? AND t.settings_hash = ?
+      AND t.sample_idx < ? AND list_contains(?::VARCHAR[], t.prompt_id)
+    ORDER BY t.prompt_id, t.sample_idx
+"""
+
+# The newest evaluation of each (model, policy version, benchmark): every metric of the setting
+# evaluated last. An empty filter list means no filter.
+EVAL_REPORT = """
+    WITH newest AS (
+        SELECT model, policy_version, benchmark, arg_max(settings_hash, created_at) AS settings_hash
+        FROM eval_results GROUP BY model, policy_version, benchmark
+    )
+    SELECT r.model, r.policy_version, TRY_CAST(r.policy_version AS BIGINT) AS step, r.benchmark, r.metric,
+           r.value, r.low, r.high, r.n_problems, r.k, r.settings, r.settings_hash, r.run_id, r.created_at
+    FROM eval_results r JOIN newest USING (model, policy_version, benchmark, settings_hash)
+    WHERE (len(?::VARCHAR[]) = 0 OR list_contains(?::VARCHAR[], r.model))
+      AND (len(?::VARCHAR[]) = 0 OR list_contains(?::VARCHAR[], r.benchmark))
+    ORDER BY r.benchmark, r.model, step NULLS FIRST, r.policy_version, r.metric
+"""
+
+EVAL_NAMES = """
+    SELECT list(DISTINCT model ORDER BY model), list(DISTINCT benchmark ORDER BY benchmark) FROM eval_results
+"""
+
+
+def unscored_traces_among(con: duckdb.DuckDBPyConnection, trace_ids: list[str], verifier_settings_hash: str) -> pa.Table:
+    """Those of `trace_ids` (with their gold answer) that have no verdict under these verifier settings."""
+    return fetch_arrow(con, UNSCORED_TRACES_AMONG, [trace_ids, verifier_settings_hash])
+
+
+def eval_samples(con: duckdb.DuckDBPyConnection, *, model: str, policy_version: str, trace_settings_hash: str,
+                 verifier_settings_hash: str, k: int, prompt_ids: list[str]) -> pa.Table:
+    """Samples 0..k-1 of one model and version on `prompt_ids`, with their verdicts (see EVAL_SAMPLES)."""
+    params = [verifier_settings_hash, model, policy_version, trace_settings_hash, k, prompt_ids]
+    return fetch_arrow(con, EVAL_SAMPLES, params)
+
+
+def eval_report(con: duckdb.DuckDBPyConnection, *, models: list[str], benchmarks: list[str]) -> pa.Table:
+    """eval_results of the newest setting per (model, version, benchmark), filtered (empty: all)."""
+    return fetch_arrow(con, EVAL_REPORT, [models, models, benchmarks, benchmarks])
+
+
+def eval_names(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[str]]:
+    """(models, benchmarks) that have eval results."""
+    models, benchmarks = con.execute(EVAL_NAMES).fetchall()[0]
+    return list(models or []), list(benchmarks or [])

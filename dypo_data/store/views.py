@@ -9,6 +9,10 @@ Views (all deduplicated by their ids, so an interrupted-and-resumed run never co
 - teacher_pool:                teacher traces the verifier marked correct (the SFT targets).
 - train_metrics, train_samples: what dypo-train logged per step and where each prompt went; a
                                step retrained after a resume keeps its latest rows.
+- eval_results:                what `dypo-data eval` measured, the latest row per (model, policy
+                               version, benchmark, settings, metric): a resumed or repeated eval
+                               supersedes its older numbers. Eval samples themselves are traces
+                               of role 'eval'; they never enter `groups` or `teacher_pool`.
 
 The same data is readable with no project code: `SELECT * FROM 'STORE/traces/*.parquet'`.
 """
@@ -29,6 +33,7 @@ _DEDUP = {
     "verdicts": ("verdict_id", "created_at"),
     "train_metrics": ("run_id, step, name", "created_at DESC"),
     "train_samples": ("run_id, step, prompt_id", "created_at DESC"),
+    "eval_results": ("model, policy_version, benchmark, settings_hash, metric", "created_at DESC, run_id DESC"),
 }
 
 # Tier of a rollout group from its graded samples: the DYPO gate.

@@ -72,3 +72,16 @@ def console_line(step: int, total: int, metrics: dict[str, float]) -> str:
     if "perf/tokens_per_s" in m:
         parts.append(f"{m['perf/tokens_per_s']:.0f} tok/s")
     return " | ".join(parts)
+
+
+EVAL_CONSOLE = ("avg@", "pass@", "maj@")
+
+
+def eval_lines(metrics: dict[str, float]) -> list[str]:
+    """One line per held-out set evaluated at this step: `  eval math500: avg@4 0.125 pass@1 0.125 ... maj@4 0.100`."""
+    sets: dict[str, list[str]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "eval" and parts[2].startswith(EVAL_CONSOLE):
+            sets.setdefault(parts[1], []).append(f"{parts[2]} {value:.3f}")
+    return [f"  eval {name}: {' '.join(cells)}" for name, cells in sets.items()]

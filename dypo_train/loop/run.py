@@ -26,7 +26,9 @@ from dypo_train.loop.trainer import Reporter, Trainer
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
-RESUMABLE_KEYS = ("run.max_steps", "run.epochs", "run.checkpoint_every", "run.log_every", "run.report_to")
+RESUMABLE_KEYS = ("run.max_steps", "run.epochs", "run.checkpoint_every", "run.log_every", "run.report_to", "eval.every",
+                  "eval.prompts", "eval.k", "eval.limit", "eval.temperature", "eval.top_p", "eval.max_tokens",
+                  "eval.instruction", "eval.seed")
 
 
 def default_run_name(cfg: TrainConfig) -> str:
@@ -120,7 +122,34 @@ def check_inputs(cfg: TrainConfig) -> OfflineSource | None:
     if not cfg.data.store:
         raise ConfigError("data.store is not set", "pass --store DIR (a store made by dypo-data)")
     open_store(cfg.data.store)
+    if cfg.eval.every:
+        from dypo_train.eval import parse_sets
+
+        parse_sets(cfg.eval.prompts)  # the files exist and their names differ
     return OfflineSource(cfg) if cfg.data.mode == "offline" else None
+
+
+def periodic_eval(cfg: TrainConfig, setup: Any, run_id: str, policy_name: str, online: Any):
+    """The held-out evaluator of `eval.every` (None when off): online through the rollout engine,
+    offline through an in-process engine of its own, started at the first evaluation."""
+    if not cfg.eval.every:
+        return None
+    from dypo_train.eval import PeriodicEval
+
+    if online is not None:
+        return PeriodicEval(cfg.eval, store=cfg.data.store, run_id=run_id, engine=online.engine)
+
+    def start_engine():
+        from dypo_data.backends.vllm_engine import model_max_len
+        from dypo_train.online.engine import RolloutEngine
+
+        longest = model_max_len(str(setup.model_path))
+        wanted = cfg.data.max_prompt_tokens + cfg.eval.max_tokens
+        return RolloutEngine(str(setup.model_path), dtype=cfg.rollout.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
+                             max_model_len=min(wanted, longest) if longest else wanted, seed=cfg.run.seed,
+                             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, name=policy_name)
+
+    return PeriodicEval(cfg.eval, store=cfg.data.store, run_id=run_id, engine_factory=start_engine)
 
 
 def run_training(cfg: TrainConfig | None, *, resume: str | Path | None = None, cache_dir: str | None = None,
@@ -157,6 +186,9 @@ def _train(cfg: TrainConfig, run_dir: Path, source: OfflineSource | None, *, res
     if accelerator.num_processes > 1 and cfg.data.mode == "online":
         raise ConfigError("online mode runs on one process in this release",
                           "launch it without accelerate's --num_processes, or train offline on the stored rollouts")
+    if accelerator.num_processes > 1 and cfg.eval.every:
+        raise ConfigError("eval.every runs on one process in this release",
+                          f"evaluate the run's checkpoints instead: dypo-data eval --store {cfg.data.store} --run {run_dir} --prompts FILE")
     if accelerator.is_main_process:
         _write_config(run_dir, cfg, model.path)
     set_seed(cfg.run.seed)
@@ -169,13 +201,18 @@ def _train(cfg: TrainConfig, run_dir: Path, source: OfflineSource | None, *, res
             log.info("resuming %s at step %d", run_dir, step)
         if online is not None:
             online.bind(trainer.run_id, trainer.start_step)
+        trainer.evaluator = periodic_eval(cfg, setup, trainer.run_id, cfg.model.name or model.name, online)
         if cfg.run.report_to:
             accelerator.init_trackers(run_dir.name, config=_flat_scalars(cfg))
         history = trainer.train(reporter=reporter)
     finally:
-        if online is not None:
-            online.close()
-        accelerator.end_training()
+        try:
+            if trainer.evaluator is not None:
+                trainer.evaluator.close()
+        finally:
+            if online is not None:
+                online.close()
+            accelerator.end_training()
     return run_dir, history
 
 

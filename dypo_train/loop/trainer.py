@@ -31,7 +31,7 @@ from dypo_data.errors import DypoError
 from dypo_train import ops
 from dypo_train.config import TrainConfig
 from dypo_train.loop.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
-from dypo_train.loop.metrics import StoreMetrics, console_line
+from dypo_train.loop.metrics import StoreMetrics, console_line, eval_lines
 from dypo_train.loop.objective import Denominators, collate, completion_logits, micro_batch_loss, step_denominators
 from dypo_train.loop.plan import RL, SFT, Row, StepPlan, micro_batches, plan_step, shard_prompts
 from dypo_train.loop.setup import TrainSetup
@@ -92,6 +92,7 @@ class Trainer:
     start_step: int = 0
     sft_buffer: list[Row] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
+    evaluator: Any = None  # dypo_train.eval.PeriodicEval: held-out evaluation every eval.every steps
 
     @property
     def acc(self) -> Any:
@@ -126,10 +127,12 @@ class Trainer:
             result = self.train_step(step, groups)  # 2-4. plan, train, update
             timings.update(self.source.after_update(step))  # 5. sync
             timings["time/step"] = time.perf_counter() - started
+            done = step + 1
+            if self.evaluator is not None and self.evaluator.due(done, total):  # held-out eval (own time/eval)
+                timings.update(self.evaluator.evaluate(done, self.acc.unwrap_model(self.setup.model)))
             metrics = {**result.metrics, **timings}
             self.history.append(metrics)
-            self._log(step + 1, total, metrics, result, store_metrics, reporter)  # 6. log
-            done = step + 1
+            self._log(done, total, metrics, result, store_metrics, reporter)  # 6. log
             if self.cfg.run.checkpoint_every and done % self.cfg.run.checkpoint_every == 0 and done < total:
                 self.checkpoint(done, store_metrics)
 
@@ -139,8 +142,9 @@ class Trainer:
         if store_metrics is not None:
             store_metrics.add(step, metrics, result.plan.records)
         if reporter is not None:
-            due = step % self.cfg.run.log_every == 0 or step == total
-            reporter.step(step, console_line(step, total, metrics) if due else None)
+            evaluated = eval_lines(metrics)
+            due = step % self.cfg.run.log_every == 0 or step == total or bool(evaluated)
+            reporter.step(step, "\n".join([console_line(step, total, metrics), *evaluated]) if due else None)
 
     def checkpoint(self, step: int, store_metrics: StoreMetrics | None) -> Path:
         state = {

@@ -38,12 +38,13 @@ class OnlineSource:
     def __init__(self, cfg: TrainConfig, setup: Any, *, policy_name: str, verifier_workers: int = 1) -> None:
         self.cfg, self.setup, self.policy_name = cfg, setup, policy_name
         d = cfg.data
-        self.stream = StoreStream(d.store, unit_kind="prompt", teachers=d.teachers, max_teachers=d.max_teachers, seed=d.seed)
+        self.stream = StoreStream(d.store, unit_kind="prompt", teachers=d.teachers, max_teachers=d.max_teachers, seed=d.seed,
+                                  prompt_split=d.prompt_split)
         self.batch = cfg.run.prompts_per_step
         self.run_id = ""  # set by the trainer (`bind`) before the first step
         path = str(setup.model_path)
         longest = model_max_len(path)
-        wanted = d.max_prompt_tokens + cfg.rollout.max_tokens
+        wanted = d.max_prompt_tokens + max(cfg.rollout.max_tokens, cfg.eval.max_tokens if cfg.eval.every else 0)
         self.engine = RolloutEngine(
             path, dtype=cfg.rollout.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
             max_model_len=min(wanted, longest) if longest else wanted, seed=cfg.run.seed,

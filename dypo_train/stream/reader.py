@@ -32,7 +32,7 @@ _GROUP_UNITS = """
 """
 _UNSCORED_GROUPS = "SELECT count(*) FROM groups WHERE tier = 'unscored' AND (? = '' OR model = ?)"
 _TEACHER_PROMPT_UNITS = "SELECT DISTINCT prompt_id FROM teacher_pool WHERE list_contains(?, model) ORDER BY prompt_id"
-_PROMPT_UNITS = "SELECT prompt_id FROM prompts ORDER BY prompt_id"
+_PROMPT_UNITS = "SELECT prompt_id FROM prompts WHERE ? = '' OR split = ? ORDER BY prompt_id"
 _TEACHER_NAMES = "SELECT DISTINCT model FROM traces WHERE role = 'teacher' ORDER BY model"
 _ROLLOUTS = """
     SELECT group_id, prompt_id, trace_id, sample_idx, prompt_token_ids, completion_token_ids,
@@ -64,10 +64,11 @@ class StoreStream:
     """Prompt groups of a store, batch by batch; see the module docstring."""
 
     def __init__(self, store: str | Path, *, unit_kind: str, rollout_model: str = "", teachers: list[str] | None = None,
-                 max_teachers: int = 0, seed: int = 0) -> None:
+                 max_teachers: int = 0, seed: int = 0, prompt_split: str = "") -> None:
         self.root = open_store(store)
         self.con = connect(self.root)
         self.seed = seed
+        self.prompt_split = prompt_split  # prompt units: only prompts of this split ('' for all)
         self.plan = self._plan(unit_kind, rollout_model, teachers or [], max_teachers)
 
     # -- planning ------------------------------------------------------------------------------
@@ -107,9 +108,11 @@ class StoreStream:
                 raise InputError(f"store {self.root} has no verified-correct teacher traces",
                                  "generate them with `dypo-data generate --teacher ...` and `dypo-data verify`")
             return StreamPlan([r[0] for r in rows], "prompt", None, teachers)
-        rows = self.con.execute(_PROMPT_UNITS).fetchall()
+        rows = self.con.execute(_PROMPT_UNITS, [self.prompt_split, self.prompt_split]).fetchall()
         if not rows:
-            raise InputError(f"store {self.root} has no prompts", "add some with `dypo-data import FILE --store ...`")
+            which = f" of split {self.prompt_split!r}" if self.prompt_split else ""
+            raise InputError(f"store {self.root} has no prompts{which}",
+                             "add some with `dypo-data import FILE --store ...`, or pick another data.prompt_split")
         return StreamPlan([r[0] for r in rows], "prompt", None, teachers)
 
     # -- batches -------------------------------------------------------------------------------

@@ -23,9 +23,8 @@ from statistics import fmean as mean
 
 import pytest
 from easy_task import SLOPPY, TEACHER, build_easy_store
-from train_runs import cli, latest_dir, sets_args, step_metrics, train
+from train_runs import cli, latest_dir, query, sets_args, step_metrics, train
 
-from dypo_data.store import connect
 from dypo_train.loop.checkpoint import checkpoint_name
 
 SFT_STEPS = 40  # format learnt (sft loss ~0.28), digit still at chance
@@ -44,14 +43,6 @@ def base_sets(store: Path, out: Path, name: str, policy: Path, *extra: str) -> l
 
 def online_sets(*extra: str) -> list[str]:
     return ["rollout.max_tokens=16", "rollout.kv_cache_gib=1", "rollout.dtype=float32", *extra]
-
-
-def query(store: Path, sql: str, params: list | None = None) -> list[tuple]:
-    con = connect(Path(store))
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 # -- the easy task, the warm start and the online run ----------------------------------------------

@@ -101,6 +101,17 @@ def step_lines(stdout: str) -> list[str]:
 # -- what a run leaves behind ---------------------------------------------------------------------
 
 
+def query(store: Path, sql: str, params: list | None = None) -> list[tuple]:
+    """Rows of `sql` over the store's views."""
+    from dypo_data.store.views import connect
+
+    con = connect(Path(store))
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
 def step_metrics(store: Path, run_id: str) -> dict[int, dict[str, float]]:
     """train_metrics of a run as {step: {name: value}} (the view keeps the latest row per step and name)."""
     from dypo_data.store.views import connect
