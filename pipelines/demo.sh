@@ -73,7 +73,7 @@ dypo-data sql --store "$STORE" \
           max(value) FILTER (WHERE name = 'tier/offline_ratio') AS offline_ratio, round(max(value) FILTER (WHERE name = 'loss/total'), 4) AS loss
    FROM train_metrics WHERE run_id = 'demo-dypo' GROUP BY step ORDER BY step"
 
-echo "== 7/7 eval: SmolLM2 before (smollm2@base) and after (demo-dypo@$TRAIN_STEPS) on the $N_EVAL held-out problems, k=$EVAL_K"
+echo "== 7/7 eval: SmolLM2 before (SmolLM2-135M-Instruct) and after its training run (demo-dypo@$TRAIN_STEPS) on the $N_EVAL held-out problems, k=$EVAL_K"
 dypo-data eval --store "$STORE" --model smollm2 --run "$RUNS/demo-dypo" --steps "$TRAIN_STEPS" \
   --prompts held-out="$HELD_OUT" -k "$EVAL_K" --max-tokens "$MAX_TOKENS" --kv-cache-gib "$KV_CACHE_GIB"
 echo "store: $STORE  (try: dypo-data sql --store $STORE \"SELECT * FROM teacher_pool LIMIT 5\")"
