@@ -1,5 +1,5 @@
 """Evaluation of the weights being trained, every `eval.every` steps, on held-out prompt sets."""
 
-from dypo_train.eval.periodic import PeriodicEval, parse_sets
+from dypo_train.eval.periodic import HeldOutSet, PeriodicEval, load_held_out, longest_prompt, parse_sets
 
-__all__ = ["PeriodicEval", "parse_sets"]
+__all__ = ["HeldOutSet", "PeriodicEval", "load_held_out", "longest_prompt", "parse_sets"]

@@ -1,6 +1,7 @@
 """Evaluation during training: every `eval.every` steps, the current weights answer a held-out set.
 
-    evaluator = PeriodicEval(cfg.eval, store=cfg.data.store, run_id=run_dir.name, engine=online.engine)
+    sets = load_held_out(cfg.eval)      # before the engine starts: its context must hold the longest prompt
+    evaluator = PeriodicEval(cfg.eval, sets, store=cfg.data.store, run_id=run_dir.name, engine=online.engine)
     if evaluator.due(step, total):
         metrics.update(evaluator.evaluate(step, model))      # eval/<benchmark>/avg@4, pass@1, maj@4, ...
     evaluator.close()
@@ -58,6 +59,7 @@ class HeldOutSet:
 
     name: str
     path: str
+    prompts: pa.Table  # PROMPTS rows, stored (split test) when the evaluator starts
     prompt_ids: list[str]
     messages: list[list[dict]]
     answers: list[str]
@@ -81,38 +83,45 @@ def parse_sets(specs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def load_held_out(cfg: EvalConfig) -> list[HeldOutSet]:
+    """Every prompt set of `cfg.prompts`, with `cfg.instruction` appended and split `test` (nothing stored yet)."""
+    sets = []
+    for name, path in parse_sets(cfg.prompts):
+        loaded = load_prompts(PromptSource(path=path, source=name, split=SPLIT, instruction=cfg.instruction,
+                                           limit=cfg.limit or None, import_traces=False, on_missing_answer="error"))
+        table = loaded.prompts
+        if table.num_rows == 0:
+            raise InputError(f"eval.prompts: {path} has no problems", "check the file, or drop it from eval.prompts")
+        sets.append(HeldOutSet(name, path, table, table["prompt_id"].to_pylist(), _messages(table), table["answer"].to_pylist()))
+    return sets
+
+
+def longest_prompt(sets: list[HeldOutSet], tokenizer: Any) -> int:
+    """Tokens of the longest held-out prompt in the policy's chat template: the engine must hold it plus eval.max_tokens."""
+    from dypo_train.stream.tokens import render_prompt
+
+    return max(len(render_prompt(tokenizer, m)) for held in sets for m in held.messages)
+
+
 class PeriodicEval:
     """Evaluates the weights being trained on held-out sets; see the module docstring."""
 
-    def __init__(self, cfg: EvalConfig, *, store: str, run_id: str, engine: Any | None = None,
+    def __init__(self, cfg: EvalConfig, sets: list[HeldOutSet], *, store: str, run_id: str, engine: Any | None = None,
                  engine_factory: Any | None = None) -> None:
-        """`engine`: a running RolloutEngine that already holds the current weights (online). Otherwise
-        `engine_factory()` starts one at the first evaluation and each evaluation loads the weights into it."""
+        """`sets`: from `load_held_out(cfg)`. `engine`: a running RolloutEngine that already holds the current
+        weights (online). Otherwise `engine_factory()` starts one at the first evaluation and each
+        evaluation loads the weights into it."""
         if engine is None and engine_factory is None:
             raise ConfigError("periodic evaluation needs an engine or a way to start one", "pass engine= or engine_factory=")
-        self.cfg, self.root, self.run_id = cfg, Path(store).expanduser(), run_id
+        self.cfg, self.root, self.run_id, self.sets = cfg, Path(store).expanduser(), run_id, sets
         self.engine, self.engine_factory, self.owns_engine = engine, engine_factory, engine is None
-        self.sets = self._load()
+        self._store_prompts([held.prompts for held in sets])
         self.pool = VerifierPool(VerifierConfig(workers=1))
         self.sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                                        seed=cfg.seed, logprobs=True)
         self.pass_at = default_pass_at(cfg.k)
 
     # -- set-up --------------------------------------------------------------------------------------
-
-    def _load(self) -> list[HeldOutSet]:
-        sets, tables = [], []
-        for name, path in parse_sets(self.cfg.prompts):
-            loaded = load_prompts(PromptSource(path=path, source=name, split=SPLIT, instruction=self.cfg.instruction,
-                                               limit=self.cfg.limit or None, import_traces=False,
-                                               on_missing_answer="error"))
-            table = loaded.prompts
-            if table.num_rows == 0:
-                raise InputError(f"eval.prompts: {path} has no problems", "check the file, or drop it from eval.prompts")
-            sets.append(HeldOutSet(name, path, table["prompt_id"].to_pylist(), _messages(table), table["answer"].to_pylist()))
-            tables.append(table)
-        self._store_prompts(tables)
-        return sets
 
     def _store_prompts(self, tables: list[pa.Table]) -> None:
         """Store the problems the store lacks (looked up by id, not by reading the whole prompts table)."""

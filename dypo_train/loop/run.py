@@ -110,10 +110,10 @@ def _write_config(run_dir: Path, cfg: TrainConfig, model_path: Path) -> None:
     os.replace(tmp, run_dir / CONFIG_FILE)
 
 
-def online_source(cfg: TrainConfig, setup: Any, policy_name: str):
+def online_source(cfg: TrainConfig, setup: Any, policy_name: str, min_context: int = 0):
     from dypo_train.online.source import OnlineSource
 
-    return OnlineSource(cfg, setup, policy_name=policy_name)
+    return OnlineSource(cfg, setup, policy_name=policy_name, min_context=min_context)
 
 
 def check_inputs(cfg: TrainConfig) -> OfflineSource | None:
@@ -129,27 +129,42 @@ def check_inputs(cfg: TrainConfig) -> OfflineSource | None:
     return OfflineSource(cfg) if cfg.data.mode == "offline" else None
 
 
-def periodic_eval(cfg: TrainConfig, setup: Any, run_id: str, policy_name: str, online: Any):
-    """The held-out evaluator of `eval.every` (None when off): online through the rollout engine,
-    offline through an in-process engine of its own, started at the first evaluation."""
+def held_out(cfg: TrainConfig, tokenizer: Any, model_path: Path) -> tuple[list, int]:
+    """The held-out sets of `eval.every` and the context an engine needs to evaluate them ([], 0 when off)."""
+    if not cfg.eval.every:
+        return [], 0
+    from dypo_data.backends.vllm_engine import model_max_len
+    from dypo_train.eval import load_held_out, longest_prompt
+
+    sets = load_held_out(cfg.eval)
+    longest = longest_prompt(sets, tokenizer)
+    limit = model_max_len(str(model_path))
+    if limit and longest >= limit:
+        raise InputError(f"eval.prompts: a prompt of {longest} tokens does not fit the model's context of {limit}",
+                         "drop the longest problems from the held-out file, or evaluate a model with a longer context")
+    return sets, longest + cfg.eval.max_tokens
+
+
+def periodic_eval(cfg: TrainConfig, setup: Any, sets: list, context: int, run_id: str, policy_name: str, online: Any):
+    """The held-out evaluator of `eval.every` (None when off): online through the rollout engine (sized for
+    `context` when it started), offline through an in-process engine of its own, started at the first evaluation."""
     if not cfg.eval.every:
         return None
     from dypo_train.eval import PeriodicEval
 
     if online is not None:
-        return PeriodicEval(cfg.eval, store=cfg.data.store, run_id=run_id, engine=online.engine)
+        return PeriodicEval(cfg.eval, sets, store=cfg.data.store, run_id=run_id, engine=online.engine)
 
     def start_engine():
         from dypo_data.backends.vllm_engine import model_max_len
         from dypo_train.online.engine import RolloutEngine
 
-        longest = model_max_len(str(setup.model_path))
-        wanted = cfg.data.max_prompt_tokens + cfg.eval.max_tokens
+        limit = model_max_len(str(setup.model_path))
         return RolloutEngine(str(setup.model_path), dtype=cfg.rollout.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
-                             max_model_len=min(wanted, longest) if longest else wanted, seed=cfg.run.seed,
+                             max_model_len=min(context, limit) if limit else context, seed=cfg.run.seed,
                              gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, name=policy_name)
 
-    return PeriodicEval(cfg.eval, store=cfg.data.store, run_id=run_id, engine_factory=start_engine)
+    return PeriodicEval(cfg.eval, sets, store=cfg.data.store, run_id=run_id, engine_factory=start_engine)
 
 
 def run_training(cfg: TrainConfig | None, *, resume: str | Path | None = None, cache_dir: str | None = None,
@@ -182,6 +197,7 @@ def _train(cfg: TrainConfig, run_dir: Path, source: OfflineSource | None, *, res
 
     model = resolve_model(cfg.model.policy, cache_dir=cache_dir)
     tokenizer = load_tokenizer(model.path)  # no chat template: fail before anything is written
+    sets, eval_context = held_out(cfg, tokenizer, model.path)  # bad held-out files too
     accelerator = make_accelerator(cfg, run_dir)
     if accelerator.num_processes > 1 and cfg.data.mode == "online":
         raise ConfigError("online mode runs on one process in this release",
@@ -193,7 +209,7 @@ def _train(cfg: TrainConfig, run_dir: Path, source: OfflineSource | None, *, res
         _write_config(run_dir, cfg, model.path)
     set_seed(cfg.run.seed)
     setup = build_setup(cfg, model.path, tokenizer, accelerator)
-    online = online_source(cfg, setup, cfg.model.name or model.name) if source is None else None
+    online = online_source(cfg, setup, cfg.model.name or model.name, eval_context) if source is None else None
     trainer = Trainer(cfg, setup, source or online, run_dir, run_id=run_dir.name)
     try:
         if resume is not None:
@@ -201,7 +217,7 @@ def _train(cfg: TrainConfig, run_dir: Path, source: OfflineSource | None, *, res
             log.info("resuming %s at step %d", run_dir, step)
         if online is not None:
             online.bind(trainer.run_id, trainer.start_step)
-        trainer.evaluator = periodic_eval(cfg, setup, trainer.run_id, cfg.model.name or model.name, online)
+        trainer.evaluator = periodic_eval(cfg, setup, sets, eval_context, trainer.run_id, cfg.model.name or model.name, online)
         if cfg.run.report_to:
             accelerator.init_trackers(run_dir.name, config=_flat_scalars(cfg))
         history = trainer.train(reporter=reporter)

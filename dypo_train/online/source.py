@@ -35,7 +35,10 @@ Produced = tuple[list[PromptGroup], dict[str, float]]
 class OnlineSource:
     """Samples, verifies and stores each step's rollout groups; see the module docstring."""
 
-    def __init__(self, cfg: TrainConfig, setup: Any, *, policy_name: str, verifier_workers: int = 1) -> None:
+    def __init__(self, cfg: TrainConfig, setup: Any, *, policy_name: str, verifier_workers: int = 1,
+                 min_context: int = 0) -> None:
+        """`min_context`: tokens the engine must also hold besides a rollout (held-out evaluation's longest
+        prompt plus eval.max_tokens)."""
         self.cfg, self.setup, self.policy_name = cfg, setup, policy_name
         d = cfg.data
         self.stream = StoreStream(d.store, unit_kind="prompt", teachers=d.teachers, max_teachers=d.max_teachers, seed=d.seed,
@@ -44,7 +47,7 @@ class OnlineSource:
         self.run_id = ""  # set by the trainer (`bind`) before the first step
         path = str(setup.model_path)
         longest = model_max_len(path)
-        wanted = d.max_prompt_tokens + max(cfg.rollout.max_tokens, cfg.eval.max_tokens if cfg.eval.every else 0)
+        wanted = max(d.max_prompt_tokens + cfg.rollout.max_tokens, min_context)
         self.engine = RolloutEngine(
             path, dtype=cfg.rollout.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
             max_model_len=min(wanted, longest) if longest else wanted, seed=cfg.run.seed,

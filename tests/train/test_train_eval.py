@@ -29,9 +29,11 @@ K = 2
 
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory) -> Path:
-    """Six problems of the easy task in another phrasing, as a problem/answer JSONL file."""
+    """Six problems of the easy task in another phrasing, as a problem/answer JSONL file; the last one with a
+    long preamble (about 500 tokens), longer than the online test's data.max_prompt_tokens."""
     path = tmp_path_factory.mktemp("held") / "held.jsonl"
-    rows = easy_problems(digits="012345", phrasings=("Say the digit: {x}",))
+    rows = easy_problems(digits="01234", phrasings=("Say the digit: {x}",))
+    rows += easy_problems(digits="5", phrasings=("Say the digit: {x}",), pad_prompts=True)
     path.write_text("".join(json.dumps({"problem": p, "answer": a}) + "\n" for p, a in rows))
     return path
 
@@ -69,11 +71,15 @@ def check_evaluated(store: Path, run_id: str, steps: list[int], history: list[di
     assert splits == [("test",)]
 
 
-def test_online_run_evaluates_through_its_rollout_engine(tiny_model_dir, held_out, tmp_path):
+@pytest.mark.parametrize("overlap", [False, True], ids=["in-step", "overlap"])
+def test_online_run_evaluates_through_its_rollout_engine(tiny_model_dir, held_out, tmp_path, overlap):
+    """With rollout.overlap the next step's rollouts are already sampled when the evaluation runs; the engine
+    is idle then. The rollout engine's context fits the long held-out prompt, not only data.max_prompt_tokens."""
     easy = build_easy_store(tmp_path / "store")
     sets = overrides(easy.root, tiny_model_dir, tmp_path / "runs", "online-eval", "data.mode=online", "run.max_steps=2",
                      "run.prompts_per_step=4", f"rollout.k={K}", "rollout.max_tokens=12", "rollout.kv_cache_gib=1",
-                     "rollout.dtype=float32", *eval_sets(held_out))
+                     "rollout.dtype=float32", f"rollout.overlap={str(overlap).lower()}", "data.max_prompt_tokens=128",
+                     *eval_sets(held_out))
     run_dir, history = train("dypo", sets)
     check_evaluated(easy.root, run_dir.name, [1, 2], history)
     trained = {r[0] for r in query(easy.root, "SELECT DISTINCT prompt_id FROM train_samples WHERE run_id = ?", [run_dir.name])}
@@ -114,3 +120,13 @@ def test_missing_eval_file_fails_before_training(tiny_model_dir, tmp_path):
     with pytest.raises(InputError, match="nope.jsonl"):
         train("dypo", sets)
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_held_out_prompt_longer_than_the_model_context_fails_before_training(tiny_model_dir, tmp_path):
+    store = make_store(tmp_path / "store", tiny_model_dir)
+    held = tmp_path / "long.jsonl"
+    held.write_text(json.dumps({"problem": "Say the digit: " + "7" * 5000, "answer": "7"}) + "\n")  # tiny: 4096 tokens
+    sets = overrides(store.root, tiny_model_dir, tmp_path / "runs", "long", *eval_sets(held))
+    with pytest.raises(InputError, match="does not fit the model's context of 4096"):
+        train("dypo", sets)
+    assert not (tmp_path / "runs" / "long").exists()
