@@ -1,4 +1,4 @@
-"""Row builders of the traces and verdicts tables: one place decides what a stored row holds.
+"""Row builders of the traces, verdicts and eval_results tables: one place decides what a stored row holds.
 
 `dypo-data generate` / `verify` and the trainer's online rollouts build their rows here, so the
 views (groups, scored_traces, teacher_pool) cannot tell the writers apart. Stdlib only: the
@@ -9,10 +9,11 @@ arguments are plain values or objects duck-typed by the attributes they need (a 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from dypo_data.contracts.ids import group_id, settings_hash, trace_id, verdict_id
+from dypo_data.contracts.ids import group_id, settings_hash, stable_hash, trace_id, verdict_id
 
 VERIFIER_NAME = "math-verify"
 
@@ -115,3 +116,30 @@ def eval_result_row(*, run_id: str, model: str, policy_version: str, benchmark: 
         "metric": metric, "value": value, "low": low, "high": high, "n_problems": n_problems, "k": k,
         "settings": settings_json, "settings_hash": shash, "created_at": created_at,
     }
+
+
+def eval_settings(*, samples: dict[str, Any], k: int, pass_at: Sequence[int], verifier: dict[str, Any],
+                  bootstrap: dict[str, Any], prompt_ids: Sequence[str]) -> dict[str, Any]:
+    """What one evaluation's numbers depend on (hashed into eval_results.settings_hash): the samples'
+    trace settings, k and the pass@j list, the verifier, the bootstrap, and which problems."""
+    return {
+        "samples": samples, "k": k, "pass_at": list(pass_at), "verifier": verifier,
+        "verifier_settings_hash": verifier_settings_hash(verifier), "bootstrap": bootstrap,
+        "prompts": {"n": len(prompt_ids), "ids_hash": stable_hash("prompt-set", sorted(prompt_ids))},
+    }
+
+
+def eval_result_rows(values: Sequence[Any], *, run_id: str, model: str, policy_version: str, benchmark: str, k: int,
+                     settings: dict[str, Any], recorded: dict[str, Any]) -> list[dict]:
+    """eval_results rows of one evaluation: one per metric value (`metric`, `value`, `low`, `high`,
+    `n_problems`). `settings` (see `eval_settings`) is hashed; `recorded` (where the numbers came
+    from) is stored beside it in the settings JSON but not hashed."""
+    shash = settings_hash(settings)
+    settings_json = json.dumps({**settings, "recorded": recorded}, sort_keys=True)
+    now = utc_now()
+    return [
+        eval_result_row(run_id=run_id, model=model, policy_version=policy_version, benchmark=benchmark, metric=v.metric,
+                        value=v.value, low=v.low, high=v.high, n_problems=v.n_problems, k=k,
+                        settings_json=settings_json, shash=shash, created_at=now)
+        for v in values
+    ]

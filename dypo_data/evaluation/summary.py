@@ -17,7 +17,7 @@ maj@k come with a seeded bootstrap interval over problems; the counts and rates 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Hashable, NamedTuple
 
@@ -55,6 +55,20 @@ class ProblemSamples:
     labels: Sequence[Hashable | None]  # answer class (verifier-equal answers share one; see grading.classes)
     finish_reasons: Sequence[str | None]
     num_tokens: Sequence[int | None]
+
+
+def voting_answers(samples: Sequence[Sequence[Mapping]]) -> list[list[str | None]]:
+    """Per problem, the extracted answer of each graded sample (None for an ungradable one): what maj@k
+    votes with, and what answer classes are formed over. Each sample has `correct` and `extracted_answer`."""
+    return [[s["extracted_answer"] if s["correct"] is not None else None for s in per] for per in samples]
+
+
+def problem_samples(samples: Sequence[Mapping], labels: Sequence[Hashable | None]) -> ProblemSamples:
+    """One problem's ProblemSamples from its graded samples (each with `correct`, `extracted_answer`,
+    `finish_reason`, `num_tokens`; `correct` None when ungradable) and their answer classes."""
+    return ProblemSamples(correct=[s["correct"] for s in samples], answers=[s["extracted_answer"] for s in samples],
+                          labels=labels, finish_reasons=[s["finish_reason"] for s in samples],
+                          num_tokens=[s["num_tokens"] for s in samples])
 
 
 def default_pass_at(k: int) -> tuple[int, ...]:

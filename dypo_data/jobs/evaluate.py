@@ -24,7 +24,6 @@ every sample and hashed into its id, so two instructions never share samples.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -35,10 +34,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dypo_data.backends import ModelSpec, SamplingConfig
-from dypo_data.contracts import EVAL_RESULTS, settings_hash, stable_hash, trace_id
-from dypo_data.contracts.rows import eval_result_row, utc_now, verifier_settings_hash
+from dypo_data.contracts import EVAL_RESULTS, settings_hash, trace_id
+from dypo_data.contracts.rows import eval_result_rows, eval_settings, verifier_settings_hash
 from dypo_data.errors import ConfigError, InputError
-from dypo_data.evaluation.summary import ProblemSamples, check_k, check_pass_at, default_pass_at, summarize
+from dypo_data.evaluation.summary import check_k, check_pass_at, default_pass_at, problem_samples, summarize, voting_answers
 from dypo_data.grading import VerifierConfig, VerifierPool
 from dypo_data.grading.classes import answer_classes, comparisons_needed, string_classes
 from dypo_data.jobs.common import JobStats, make_progress, new_run_id
@@ -46,8 +45,8 @@ from dypo_data.jobs.generate import GenerateConfig, run_generate, traces_setting
 from dypo_data.jobs.verify import VerifyConfig, run_verify
 from dypo_data.prompts import DEFAULT_INSTRUCTION, FORMATS, ColumnMap, LoadedPrompts, PromptSource, load_prompts
 from dypo_data.prompts.readers import open_rows
-from dypo_data.store import ShardWriter, check_writable, connect, read_table
-from dypo_data.store.queries import eval_samples
+from dypo_data.store import ShardWriter, check_writable, connect
+from dypo_data.store.queries import eval_samples, stored_prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +165,11 @@ def load_benchmarks(cfg: EvalConfig) -> dict[str, LoadedPrompts]:
 
 
 def _store_prompts(root: Path, loaded: dict[str, LoadedPrompts], writer: ShardWriter, stats: JobStats) -> None:
-    known = set(read_table(root, "prompts", ["prompt_id"])["prompt_id"].to_pylist())
+    con = connect(root)
+    try:
+        known = stored_prompt_ids(con, sorted({pid for data in loaded.values() for pid in data.prompts["prompt_id"].to_pylist()}))
+    finally:
+        con.close()
     for data in loaded.values():
         table = data.prompts
         if known:
@@ -210,12 +213,13 @@ class _Cell:
 
     model: EvalModel
     benchmark: str
-    settings: dict[str, Any]
+    settings: dict[str, Any]  # what the numbers depend on (hashed)
+    recorded: dict[str, Any]  # where they came from (stored beside the settings, not hashed)
     rows: dict[str, list[dict]]  # prompt id -> its samples in sample order
 
 
-def _collect(con: Any, cfg: EvalConfig, model: EvalModel, trace_settings: dict, benchmark: str,
-             prompt_ids: list[str], vhash: str, settings: dict[str, Any]) -> _Cell:
+def _collect(con: Any, cfg: EvalConfig, model: EvalModel, trace_settings: dict, benchmark: Benchmark,
+             prompt_ids: list[str], vhash: str) -> _Cell:
     table = eval_samples(con, model=model.spec.name, policy_version=model.policy_version,
                          trace_settings_hash=settings_hash(trace_settings), verifier_settings_hash=vhash, k=cfg.k,
                          prompt_ids=prompt_ids)
@@ -224,16 +228,16 @@ def _collect(con: Any, cfg: EvalConfig, model: EvalModel, trace_settings: dict, 
         rows[row["prompt_id"]].append(row)
     short = [pid for pid, samples in rows.items() if len(samples) != cfg.k]
     if short:
-        raise InputError(f"{model.spec.name}@{model.policy_version} on {benchmark}: {len(short)} problems lack some "
+        raise InputError(f"{model.spec.name}@{model.policy_version} on {benchmark.name}: {len(short)} problems lack some "
                          f"of their {cfg.k} samples", "rerun the same command: it generates only what is missing")
-    return _Cell(model, benchmark, settings, rows)
+    recorded = {"model_path": model.spec.path, "backend": cfg.backend, "prompt_file": benchmark.path}
+    return _Cell(model, benchmark.name, _cell_settings(cfg, trace_settings, prompt_ids), recorded, rows)
 
 
 def _label_answers(cells: list[_Cell], verifier: VerifierConfig, progress: bool) -> list[list[list[int | None]]]:
     """Answer classes of every problem of every cell; one verifier pool for all, only if needed."""
     # only the samples that vote (graded, see metrics.majority_vote) found or join classes
-    answers = [[[s["extracted_answer"] if s["correct"] is not None else None for s in samples]
-                for samples in cell.rows.values()] for cell in cells]
+    answers = [voting_answers(list(cell.rows.values())) for cell in cells]
     flat = [per for cell in answers for per in cell]
     if comparisons_needed(flat):
         with VerifierPool(verifier) as pool, make_progress(progress) as bar:
@@ -253,40 +257,22 @@ def _label_answers(cells: list[_Cell], verifier: VerifierConfig, progress: bool)
     return out
 
 
-def _problems(cell: _Cell, labels: list[list[int | None]]) -> list[ProblemSamples]:
-    out = []
-    for samples, lab in zip(cell.rows.values(), labels):
-        # a sample without a verdict cannot be counted either way: it is ungradable, like a timeout
-        out.append(ProblemSamples(correct=[s["correct"] for s in samples],
-                                  answers=[s["extracted_answer"] for s in samples], labels=lab,
-                                  finish_reasons=[s["finish_reason"] for s in samples],
-                                  num_tokens=[s["num_tokens"] for s in samples]))
-    return out
-
-
 def _result_rows(cell: _Cell, labels: list[list[int | None]], cfg: EvalConfig, run_id: str) -> list[dict]:
-    values = summarize(_problems(cell, labels), k=cfg.k, pass_at=cfg.pass_at_list, seed=cfg.bootstrap_seed,
+    # a sample without a verdict cannot be counted either way: it is ungradable, like a timeout
+    problems = [problem_samples(samples, lab) for samples, lab in zip(cell.rows.values(), labels)]
+    values = summarize(problems, k=cfg.k, pass_at=cfg.pass_at_list, seed=cfg.bootstrap_seed,
                        n_resamples=cfg.bootstrap_resamples, confidence=cfg.confidence)
-    keyed = {k: v for k, v in cell.settings.items() if k != "recorded"}
-    shash, settings_json, now = settings_hash(keyed), json.dumps(cell.settings, sort_keys=True), utc_now()
-    return [
-        eval_result_row(run_id=run_id, model=cell.model.spec.name, policy_version=cell.model.policy_version,
-                        benchmark=cell.benchmark, metric=v.metric, value=v.value, low=v.low, high=v.high,
-                        n_problems=v.n_problems, k=cfg.k, settings_json=settings_json, shash=shash, created_at=now)
-        for v in values
-    ]
+    return eval_result_rows(values, run_id=run_id, model=cell.model.spec.name, policy_version=cell.model.policy_version,
+                            benchmark=cell.benchmark, k=cfg.k, settings=cell.settings, recorded=cell.recorded)
 
 
-def _cell_settings(cfg: EvalConfig, model: EvalModel, trace_settings: dict, prompt_ids: list[str], vhash: str,
-                   benchmark: Benchmark) -> dict[str, Any]:
-    """What one cell's numbers depend on (hashed), plus where they came from ("recorded", not hashed)."""
-    return {
-        "samples": trace_settings, "k": cfg.k, "pass_at": list(cfg.pass_at_list),
-        "verifier": cfg.verifier.settings(), "verifier_settings_hash": vhash,
-        "bootstrap": {"seed": cfg.bootstrap_seed, "resamples": cfg.bootstrap_resamples, "confidence": cfg.confidence},
-        "prompts": {"n": len(prompt_ids), "ids_hash": stable_hash("prompt-set", sorted(prompt_ids))},
-        "recorded": {"model_path": model.spec.path, "backend": cfg.backend, "prompt_file": benchmark.path},
-    }
+def _cell_settings(cfg: EvalConfig, trace_settings: dict, prompt_ids: list[str]) -> dict[str, Any]:
+    """What one cell's numbers depend on (hashed into eval_results.settings_hash)."""
+    return eval_settings(
+        samples=trace_settings, k=cfg.k, pass_at=cfg.pass_at_list, verifier=cfg.verifier.settings(),
+        bootstrap={"seed": cfg.bootstrap_seed, "resamples": cfg.bootstrap_resamples, "confidence": cfg.confidence},
+        prompt_ids=prompt_ids,
+    )
 
 
 # -- the job -----------------------------------------------------------------------------------------
@@ -335,8 +321,7 @@ def _measure(root: Path, cfg: EvalConfig, loaded: dict[str, LoadedPrompts], sett
             traces = settings_of[(model.spec.name, model.policy_version)]
             for b in cfg.benchmarks:
                 ids = loaded[b.name].prompts["prompt_id"].to_pylist()
-                cells.append(_collect(con, cfg, model, traces, b.name, ids, vhash,
-                                      _cell_settings(cfg, model, traces, ids, vhash, b)))
+                cells.append(_collect(con, cfg, model, traces, b, ids, vhash))
     finally:
         con.close()
     labels = _label_answers(cells, cfg.verifier, cfg.progress)

@@ -156,6 +156,12 @@ EVAL_NAMES = """
 """
 
 
+def stored_prompt_ids(con: duckdb.DuckDBPyConnection, prompt_ids: list[str]) -> set[str]:
+    """Those of `prompt_ids` the store already holds (looked up by id, not by reading every prompt)."""
+    return {row[0] for row in con.execute("SELECT prompt_id FROM prompts WHERE list_contains(?::VARCHAR[], prompt_id)",
+                                          [prompt_ids]).fetchall()}
+
+
 def unscored_traces_among(con: duckdb.DuckDBPyConnection, trace_ids: list[str], verifier_settings_hash: str) -> pa.Table:
     """Those of `trace_ids` (with their gold answer) that have no verdict under these verifier settings."""
     return fetch_arrow(con, UNSCORED_TRACES_AMONG, [trace_ids, verifier_settings_hash])

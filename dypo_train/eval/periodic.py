@@ -25,7 +25,6 @@ What runs where:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -35,21 +34,21 @@ from typing import Any
 import pyarrow as pa
 
 from dypo_data.backends import SamplingConfig
-from dypo_data.contracts import EVAL_RESULTS, TRACES, VERDICTS, settings_hash, stable_hash
-from dypo_data.contracts.rows import eval_result_row, trace_row, trace_settings, utc_now
+from dypo_data.contracts import EVAL_RESULTS, TRACES, VERDICTS
+from dypo_data.contracts.rows import eval_result_rows, eval_settings, trace_settings
 from dypo_data.errors import ConfigError, InputError
-from dypo_data.evaluation.summary import MetricValue, ProblemSamples, default_pass_at, summarize
+from dypo_data.evaluation.summary import MetricValue, default_pass_at, problem_samples, summarize, voting_answers
 from dypo_data.grading import VerifierConfig, VerifierPool
-from dypo_data.grading.classes import answer_classes, comparisons_needed, string_classes
+from dypo_data.grading.classes import answer_classes
 from dypo_data.prompts import PromptSource, load_prompts
 from dypo_data.store import ShardWriter, connect
+from dypo_data.store.queries import stored_prompt_ids
 from dypo_train.config import EvalConfig
-from dypo_train.online.rollouts import grade_rows
+from dypo_train.online.rollouts import grade_rows, sample_rows
 
 log = logging.getLogger(__name__)
 
 ROLE = "eval"
-BACKEND = "vllm"
 SPLIT = "test"
 
 
@@ -92,7 +91,8 @@ def load_held_out(cfg: EvalConfig) -> list[HeldOutSet]:
         table = loaded.prompts
         if table.num_rows == 0:
             raise InputError(f"eval.prompts: {path} has no problems", "check the file, or drop it from eval.prompts")
-        sets.append(HeldOutSet(name, path, table, table["prompt_id"].to_pylist(), _messages(table), table["answer"].to_pylist()))
+        sets.append(HeldOutSet(name, path, table, table["prompt_id"].to_pylist(), table["messages"].to_pylist(),
+                                table["answer"].to_pylist()))
     return sets
 
 
@@ -124,11 +124,10 @@ class PeriodicEval:
     # -- set-up --------------------------------------------------------------------------------------
 
     def _store_prompts(self, tables: list[pa.Table]) -> None:
-        """Store the problems the store lacks (looked up by id, not by reading the whole prompts table)."""
-        ids = sorted({pid for t in tables for pid in t["prompt_id"].to_pylist()})
+        """Store the problems the store lacks."""
         con = connect(self.root)
         try:
-            known = {r[0] for r in con.execute("SELECT prompt_id FROM prompts WHERE list_contains(?, prompt_id)", [ids]).fetchall()}
+            known = stored_prompt_ids(con, sorted({pid for t in tables for pid in t["prompt_id"].to_pylist()}))
         finally:
             con.close()
         writer = ShardWriter(self.root, self.run_id)
@@ -153,10 +152,9 @@ class PeriodicEval:
         results: list[dict] = []
         writer = ShardWriter(self.root, self.run_id)
         for held in self.sets:
-            values, settings = self._evaluate_set(engine, held, step, writer)
-            for v in values:
-                out[f"eval/{held.name}/{v.metric}"] = v.value
-            results += self._result_rows(held, step, values, settings)
+            values, rows = self._evaluate_set(engine, held, step, writer)
+            out.update({f"eval/{held.name}/{v.metric}": v.value for v in values})
+            results += rows
         writer.write("eval_results", pa.Table.from_pylist(results, schema=EVAL_RESULTS))
         out["time/eval"] = time.perf_counter() - started
         return out
@@ -170,64 +168,34 @@ class PeriodicEval:
         self.engine.load_weights(model.state_dict())
         return self.engine
 
-    def _evaluate_set(self, engine: Any, held: HeldOutSet, step: int, writer: ShardWriter) -> tuple[list[MetricValue], dict]:
+    def _evaluate_set(self, engine: Any, held: HeldOutSet, step: int, writer: ShardWriter) -> tuple[list[MetricValue], list[dict]]:
+        """Sample, store and grade one set; its metric values and eval_results rows."""
         started = time.perf_counter()
         samples = engine.generate(list(zip(held.prompt_ids, held.messages)), k=self.cfg.k, temperature=self.cfg.temperature,
                                   top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens, seed=self.cfg.seed)
         seconds = time.perf_counter() - started
         settings = trace_settings(ROLE, engine.spec, self.sampling,
                                   {"instruction": self.cfg.instruction, "system_prompt": None})
-        rows = self._trace_rows(held, samples, settings, step, seconds)
-        writer.write("traces", pa.Table.from_pylist(rows, schema=TRACES))  # kept even if grading fails
-        verdicts = grade_rows(rows, dict(zip(held.prompt_ids, held.answers)), self.pool)
-        writer.write("verdicts", pa.Table.from_pylist([verdicts[r["trace_id"]] for r in rows], schema=VERDICTS))
-        k = self.cfg.k
-        per_problem = [rows[i * k:(i + 1) * k] for i in range(len(held.prompt_ids))]
-        graded = [[verdicts[r["trace_id"]] for r in group] for group in per_problem]
-        values = summarize(self._problems(per_problem, graded), k=k, pass_at=self.pass_at, seed=self.cfg.seed)
-        return values, settings
-
-    def _trace_rows(self, held: HeldOutSet, samples: list, settings: dict, step: int, seconds: float) -> list[dict]:
-        shash, sampling_json, now = settings_hash(settings), json.dumps(settings, sort_keys=True), utc_now()
-        return [
-            trace_row(prompt_id=pid, model=self.run_id, role=ROLE, sample_idx=i, shash=shash, policy_version=str(step),
-                      completion=s.text, num_tokens=len(s.completion_token_ids), finish_reason=s.finish_reason,
-                      sampling_json=sampling_json, backend=BACKEND, source=f"train-eval:{self.run_id}",
-                      run_id=self.run_id, model_path=None, gen_seconds=seconds, created_at=now,
-                      prompt_token_ids=s.prompt_token_ids, completion_token_ids=s.completion_token_ids,
-                      completion_logprobs=s.logprobs)
-            for pid, group in zip(held.prompt_ids, samples)
-            for i, s in enumerate(group)
-        ]
-
-    def _problems(self, rows: list[list[dict]], verdicts: list[list[dict]]) -> list[ProblemSamples]:
-        """Per problem: verdicts, answers and their verifier classes (maj@k), finish reasons, lengths."""
-        # only graded samples vote (see evaluation.metrics.majority_vote)
-        answers = [[v["extracted_answer"] if v["correct"] is not None else None for v in per] for per in verdicts]
-        labels = answer_classes(answers, self.pool) if comparisons_needed(answers) else string_classes(answers)
-        return [
-            ProblemSamples(correct=[v["correct"] for v in per_v], answers=[v["extracted_answer"] for v in per_v],
-                           labels=lab, finish_reasons=[r["finish_reason"] for r in per_r],
-                           num_tokens=[r["num_tokens"] for r in per_r])
-            for per_r, per_v, lab in zip(rows, verdicts, labels)
-        ]
-
-    def _result_rows(self, held: HeldOutSet, step: int, values: list[MetricValue], trace_settings_: dict) -> list[dict]:
-        settings = {
-            "samples": trace_settings_, "k": self.cfg.k, "pass_at": list(self.pass_at),
-            "verifier": self.pool.config.settings(),
-            "bootstrap": {"seed": self.cfg.seed, "resamples": 2000, "confidence": 0.95},
-            "prompts": {"n": len(held.prompt_ids), "ids_hash": stable_hash("prompt-set", sorted(held.prompt_ids))},
-        }
-        shash = settings_hash(settings)
-        settings_json = json.dumps({**settings, "recorded": {"during_training": True, "prompt_file": held.path}}, sort_keys=True)
-        now = utc_now()
-        return [
-            eval_result_row(run_id=self.run_id, model=self.run_id, policy_version=str(step), benchmark=held.name,
-                            metric=v.metric, value=v.value, low=v.low, high=v.high, n_problems=v.n_problems,
-                            k=self.cfg.k, settings_json=settings_json, shash=shash, created_at=now)
-            for v in values
-        ]
+        rows = sample_rows(held.prompt_ids, samples, role=ROLE, settings=settings, name=self.run_id, version=str(step),
+                           source=f"train-eval:{self.run_id}", run_id=self.run_id, model_path=None,
+                           gen_seconds=seconds)  # (P, k)
+        flat = [row for per in rows for row in per]
+        writer.write("traces", pa.Table.from_pylist(flat, schema=TRACES))  # kept even if grading fails
+        verdicts = grade_rows(flat, dict(zip(held.prompt_ids, held.answers)), self.pool)
+        writer.write("verdicts", pa.Table.from_pylist([verdicts[r["trace_id"]] for r in flat], schema=VERDICTS))
+        graded = [[{**verdicts[r["trace_id"]], "finish_reason": r["finish_reason"], "num_tokens": r["num_tokens"]}
+                   for r in per] for per in rows]
+        labels = answer_classes(voting_answers(graded), self.pool)  # maj@k's classes: verifier-equal answers
+        values = summarize([problem_samples(per, lab) for per, lab in zip(graded, labels)], k=self.cfg.k,
+                           pass_at=self.pass_at, seed=self.cfg.seed)
+        metric_settings = eval_settings(samples=settings, k=self.cfg.k, pass_at=self.pass_at,
+                                        verifier=self.pool.config.settings(),
+                                        bootstrap={"seed": self.cfg.seed, "resamples": 2000, "confidence": 0.95},
+                                        prompt_ids=held.prompt_ids)
+        results = eval_result_rows(values, run_id=self.run_id, model=self.run_id, policy_version=str(step),
+                                   benchmark=held.name, k=self.cfg.k, settings=metric_settings,
+                                   recorded={"during_training": True, "prompt_file": held.path})
+        return values, results
 
     def close(self) -> None:
         try:
@@ -237,6 +205,3 @@ class PeriodicEval:
                 self.engine.close()
                 self.engine = None
 
-
-def _messages(table: pa.Table) -> list[list[dict]]:
-    return [json.loads(m) if isinstance(m, str) else m for m in table["messages"].to_pylist()]

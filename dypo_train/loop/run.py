@@ -155,16 +155,10 @@ def periodic_eval(cfg: TrainConfig, setup: Any, sets: list, context: int, run_id
     if online is not None:
         return PeriodicEval(cfg.eval, sets, store=cfg.data.store, run_id=run_id, engine=online.engine)
 
-    def start_engine():
-        from dypo_data.backends.vllm_engine import model_max_len
-        from dypo_train.online.engine import RolloutEngine
+    from dypo_train.online.source import start_rollout_engine
 
-        limit = model_max_len(str(setup.model_path))
-        return RolloutEngine(str(setup.model_path), dtype=cfg.rollout.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
-                             max_model_len=min(context, limit) if limit else context, seed=cfg.run.seed,
-                             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, name=policy_name)
-
-    return PeriodicEval(cfg.eval, sets, store=cfg.data.store, run_id=run_id, engine_factory=start_engine)
+    return PeriodicEval(cfg.eval, sets, store=cfg.data.store, run_id=run_id,
+                        engine_factory=lambda: start_rollout_engine(cfg, setup.model_path, name=policy_name, context=context))
 
 
 def run_training(cfg: TrainConfig | None, *, resume: str | Path | None = None, cache_dir: str | None = None,

@@ -45,17 +45,27 @@ def rollout_rows(
     model: ModelSpec, sampling: SamplingConfig, gen_seconds: float | None = None,
 ) -> list[list[dict]]:
     """Traces rows of one step's samples, per prompt: (B, G) rows. Pure (no I/O)."""
-    settings = trace_settings(ROLE, model, sampling)
+    return sample_rows(prompt_ids, samples, role=ROLE, settings=trace_settings(ROLE, model, sampling), name=model.name,
+                       version=str(step), source=f"online:{run_id}", run_id=run_id, model_path=model.path,
+                       gen_seconds=gen_seconds)
+
+
+def sample_rows(
+    prompt_ids: Sequence[str], samples: Sequence[Sequence[RolloutSample]], *, role: str, settings: dict, name: str,
+    version: str, source: str, run_id: str, model_path: str | None, gen_seconds: float | None,
+) -> list[list[dict]]:
+    """Traces rows of engine samples of `role` (policy rollouts, held-out eval samples): (B, G) rows,
+    recorded as model `name` at policy version `version` with trace `settings` (hashed into the ids). Pure."""
     shash = settings_hash(settings)
     sampling_json = json.dumps(settings, sort_keys=True)
     now = utc_now()
     return [
         [
             trace_row(
-                prompt_id=pid, model=model.name, role=ROLE, sample_idx=idx, shash=shash, policy_version=str(step),
+                prompt_id=pid, model=name, role=role, sample_idx=idx, shash=shash, policy_version=version,
                 completion=s.text, num_tokens=len(s.completion_token_ids), finish_reason=s.finish_reason,
-                sampling_json=sampling_json, backend=BACKEND, source=f"online:{run_id}", run_id=run_id,
-                model_path=model.path, gen_seconds=gen_seconds, created_at=now,
+                sampling_json=sampling_json, backend=BACKEND, source=source, run_id=run_id,
+                model_path=model_path, gen_seconds=gen_seconds, created_at=now,
                 prompt_token_ids=s.prompt_token_ids, completion_token_ids=s.completion_token_ids,
                 completion_logprobs=s.logprobs,
             )

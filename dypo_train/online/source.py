@@ -45,14 +45,8 @@ class OnlineSource:
                                   prompt_split=d.prompt_split)
         self.batch = cfg.run.prompts_per_step
         self.run_id = ""  # set by the trainer (`bind`) before the first step
-        path = str(setup.model_path)
-        longest = model_max_len(path)
-        wanted = max(d.max_prompt_tokens + cfg.rollout.max_tokens, min_context)
-        self.engine = RolloutEngine(
-            path, dtype=cfg.rollout.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
-            max_model_len=min(wanted, longest) if longest else wanted, seed=cfg.run.seed,
-            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, name=policy_name,
-        )
+        self.engine = start_rollout_engine(cfg, setup.model_path, name=policy_name,
+                                           context=max(d.max_prompt_tokens + cfg.rollout.max_tokens, min_context))
         self.pool = VerifierPool(VerifierConfig(workers=verifier_workers))
         self.executor = None
         self.caller_threads = None
@@ -148,6 +142,17 @@ class OnlineSource:
                 import torch
 
                 torch._C.set_num_threads(self.caller_threads)
+
+
+def start_rollout_engine(cfg: TrainConfig, model_path: Any, *, name: str, context: int) -> RolloutEngine:
+    """An in-process engine of the policy at `model_path` with the run's rollout settings (`rollout.*`) and a
+    context of `context` tokens (at most the model's own)."""
+    longest = model_max_len(str(model_path))
+    return RolloutEngine(
+        str(model_path), dtype=cfg.rollout.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
+        max_model_len=min(context, longest) if longest else context, seed=cfg.run.seed,
+        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, name=name,
+    )
 
 
 def split_threads(total: int) -> tuple[int, int]:
