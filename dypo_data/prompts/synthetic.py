@@ -39,13 +39,14 @@ MAX_REDRAWS = 200
 Generated = tuple[str, str, dict[str, Any], str]  # problem, answer, params, worked solution
 KindFn = Callable[[random.Random, int], Generated]  # (rng, difficulty) -> problem, answer, params, solution
 KINDS: dict[str, KindFn] = {}  # registration order is the order generate_problems cycles through
+EXTRA_KINDS: dict[str, KindFn] = {}  # asked for by name only: the default cycle (and so every seed's problems) is unchanged
 
 
-def kind(name: str) -> Callable[[KindFn], KindFn]:
-    """Register a problem kind under `name`."""
+def kind(name: str, *, default: bool = True) -> Callable[[KindFn], KindFn]:
+    """Register a problem kind under `name`; `default=False` keeps it out of the default cycle."""
 
     def register(fn: KindFn) -> KindFn:
-        KINDS[name] = fn
+        (KINDS if default else EXTRA_KINDS)[name] = fn
         return fn
 
     return register
@@ -70,7 +71,18 @@ def _expression(rng: random.Random, ops: int, top: int) -> Node:
 @kind("arithmetic")
 def arithmetic(rng: random.Random, difficulty: int) -> Generated:
     """Integer arithmetic with + - x and parentheses; operator precedence decides the answer."""
-    ops, top = difficulty + 1, _ARITH_MAX[difficulty - 1]
+    return _arithmetic(rng, difficulty, ops=difficulty + 1)
+
+
+@kind("operation", default=False)
+def operation(rng: random.Random, difficulty: int) -> Generated:
+    """One operation (+ - x) on two numbers up to 9 ... 999: the arithmetic facts the other kinds build on
+    (a task a tiny model learns; `arithmetic` at the same difficulty chains two or more of them)."""
+    return _arithmetic(rng, difficulty, ops=1)
+
+
+def _arithmetic(rng: random.Random, difficulty: int, *, ops: int) -> Generated:
+    top = _ARITH_MAX[difficulty - 1]
     while True:
         tree = _expression(rng, ops, top)
         value = expression_value(tree)
@@ -271,6 +283,27 @@ def modular(rng: random.Random, difficulty: int) -> Generated:
 # --- the generator -------------------------------------------------------------------------------------
 
 
+# --- solution styles -----------------------------------------------------------------------------------
+
+# Another way to write a kind's solution, from its params: a second teacher's style. "worked" (every
+# kind's own builder) is the default; a style lists the kinds it can write.
+SOLUTION_STYLES: dict[str, dict[str, Callable[[dict[str, Any]], str]]] = {
+    "worked": {},
+    "compact": {name: lambda params: worked.arithmetic_chain_solution(worked.parse_expression(params["expression"]))
+                for name in ("arithmetic", "operation")},
+}
+
+
+def _check_style(style: str, kinds: list[str]) -> None:
+    if style not in SOLUTION_STYLES:
+        raise ConfigError(f"unknown solution style {style!r}", f"use one of: {', '.join(SOLUTION_STYLES)}")
+    writes = SOLUTION_STYLES[style]
+    missing = [k for k in kinds if style != "worked" and k not in writes]
+    if missing:
+        raise ConfigError(f"solution style {style!r} has no form for kind(s) {', '.join(missing)}",
+                          f"pick kinds among {', '.join(writes)} for this style, or use the style 'worked'")
+
+
 def _check(n: int, kinds: Iterable[str] | str | None, difficulty: int) -> list[str]:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ConfigError(f"n={n!r} must be a whole number >= 0", "ask for e.g. n=64 problems")
@@ -278,25 +311,27 @@ def _check(n: int, kinds: Iterable[str] | str | None, difficulty: int) -> list[s
         raise ConfigError(f"difficulty={difficulty!r} is out of range",
                           f"use {MIN_DIFFICULTY} (easiest) to {MAX_DIFFICULTY}")
     chosen = [kinds] if isinstance(kinds, str) else list(kinds or ())
-    unknown = [k for k in chosen if k not in KINDS]
+    unknown = [k for k in chosen if k not in KINDS and k not in EXTRA_KINDS]
     if unknown:
-        raise ConfigError(f"unknown problem kind(s) {unknown}", f"use some of: {', '.join(KINDS)}")
+        raise ConfigError(f"unknown problem kind(s) {unknown}", f"use some of: {', '.join([*KINDS, *EXTRA_KINDS])}")
     return list(dict.fromkeys(chosen)) or list(KINDS)
 
 
 def generate_problems(
-    n: int, *, seed: int = 0, kinds: Iterable[str] | str | None = None, difficulty: int = 2
+    n: int, *, seed: int = 0, kinds: Iterable[str] | str | None = None, difficulty: int = 2, style: str = "worked"
 ) -> list[dict[str, Any]]:
     """`n` distinct problems cycling through `kinds` (all by default), as dicts with keys
-    problem, answer, solution, kind, difficulty, params."""
+    problem, answer, solution, kind, difficulty, params. `style` picks how solutions are written
+    (SOLUTION_STYLES); the problems and answers do not depend on it."""
     order = _check(n, kinds, difficulty)
+    _check_style(style, order)
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for i in range(n):
         name = order[i % len(order)]
         rng = random.Random(f"dypo.synthetic:{seed}:{i}")
         for _ in range(MAX_REDRAWS):
-            problem, answer, params, solution = KINDS[name](rng, difficulty)
+            problem, answer, params, solution = (KINDS.get(name) or EXTRA_KINDS[name])(rng, difficulty)
             if problem not in seen:
                 break
         else:
@@ -305,6 +340,8 @@ def generate_problems(
                 "ask for fewer problems, more kinds or a higher difficulty",
             )
         seen.add(problem)
+        if style != "worked":
+            solution = SOLUTION_STYLES[style][name](params)
         out.append({"problem": problem, "answer": answer, "solution": solution, "kind": name,
                     "difficulty": difficulty, "params": params})
     return out
@@ -317,9 +354,10 @@ def write_problems_jsonl(
     seed: int = 0,
     kinds: Iterable[str] | str | None = None,
     difficulty: int = 2,
+    style: str = "worked",
 ) -> int:
     """Write `generate_problems(...)` as JSONL (atomically: a temporary file renamed into place); returns n."""
-    problems = generate_problems(n, seed=seed, kinds=kinds, difficulty=difficulty)
+    problems = generate_problems(n, seed=seed, kinds=kinds, difficulty=difficulty, style=style)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")

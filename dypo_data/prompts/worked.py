@@ -88,13 +88,18 @@ def expression_value(node: Node) -> int:
     return _apply(op, expression_value(left), expression_value(right))
 
 
+def parse_expression(text: str) -> Node:
+    """The tree of an expression written by `expression_python` (+ and - grouped from the left)."""
+    return _from_ast(ast.parse(text, mode="eval").body)
+
+
 def as_read(node: Node) -> Node:
     """The tree a reader sees in `expression_latex(node)`: + and - group from the left.
 
     `3 + (4 - 5)` prints as `3 + 4 - 5`, which is read as `(3 + 4) - 5`; both have the same value, and
     the worked solution follows the reading.
     """
-    return _from_ast(ast.parse(expression_python(node), mode="eval").body)
+    return parse_expression(expression_python(node))
 
 
 _AST_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*"}
@@ -136,22 +141,42 @@ def _replaced(node: Node, path: tuple[int, ...], value: int) -> Node:
     return (op, left, _replaced(right, path[1:], value))
 
 
-def arithmetic_solution(node: Node) -> str:
-    """One operation per line, each with the expression it leaves: the innermost parentheses first,
-    then products, then the leftmost operation."""
+def arithmetic_steps(node: Node) -> list[tuple[str, int, int, int, Node]]:
+    """The operations in the order a person does them: the innermost parentheses first, then products,
+    then the leftmost operation. Each is (operator, left, right, value, the expression it leaves)."""
     node = as_read(node)
-    lines = [f"Evaluate ${expression_latex(node)}$: parentheses first, then multiplication, "
-             "then addition and subtraction from left to right."]
+    steps = []
     while isinstance(node, tuple):
         ready = _ready(node)
         depth, product, path = max(ready, key=lambda r: (r[0], r[1]))  # max keeps the first (leftmost) of ties
         op, a, b = _at(node, path)  # type: ignore[misc]
         value = _apply(op, a, b)
         node = _replaced(node, path, value)
+        steps.append((op, a, b, value, node))
+    return steps
+
+
+def arithmetic_solution(node: Node) -> str:
+    """One operation per line (`arithmetic_steps`), each with the expression it leaves."""
+    lines = [f"Evaluate ${expression_latex(as_read(node))}$: parentheses first, then multiplication, "
+             "then addition and subtraction from left to right."]
+    result: Node = as_read(node)
+    for op, a, b, value, result in arithmetic_steps(node):
         step = f"${a} {ARITH_LATEX[op]} {paren(b)} = {value}$"
-        lines.append(f"{step}, which leaves ${expression_latex(node)}$." if isinstance(node, tuple) else f"{step}.")
-    lines.append(answer_line(str(node)))
+        lines.append(f"{step}, which leaves ${expression_latex(result)}$." if isinstance(result, tuple) else f"{step}.")
+    lines.append(answer_line(str(result)))
     return "\n".join(lines)
+
+
+def arithmetic_chain_solution(node: Node) -> str:
+    """The compact style: one chain of the expressions each operation leaves (`arithmetic_steps`).
+
+        arithmetic_chain_solution(("+", 3, ("*", 4, 5)))
+        # $3 + 4 \\times 5 = 3 + 20 = 23$.
+        # The answer is $\\boxed{23}$.
+    """
+    forms = [expression_latex(as_read(node))] + [expression_latex(left) for *_, left in arithmetic_steps(node)]
+    return f"${_chain(*forms)}$.\n" + answer_line(forms[-1])
 
 
 # --- fractions -----------------------------------------------------------------------------------------

@@ -117,9 +117,10 @@ class PeriodicEval:
         self.engine, self.engine_factory, self.owns_engine = engine, engine_factory, engine is None
         self._store_prompts([held.prompts for held in sets])
         self.pool = VerifierPool(VerifierConfig(workers=1))
-        self.sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                                       seed=cfg.seed, logprobs=True)
-        self.pass_at = default_pass_at(cfg.k)
+        sampled = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                                 seed=cfg.seed, logprobs=True)
+        greedy = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed, logprobs=True)
+        self.decodings = [("", sampled)] + ([("greedy/", greedy)] if cfg.greedy else [])  # (metric prefix, sampling)
 
     # -- set-up --------------------------------------------------------------------------------------
 
@@ -152,9 +153,10 @@ class PeriodicEval:
         results: list[dict] = []
         writer = ShardWriter(self.root, self.run_id)
         for held in self.sets:
-            values, rows = self._evaluate_set(engine, held, step, writer)
-            out.update({f"eval/{held.name}/{v.metric}": v.value for v in values})
-            results += rows
+            for prefix, sampling in self.decodings:
+                values, rows = self._evaluate_set(engine, held, step, writer, sampling)
+                out.update({f"eval/{held.name}/{prefix}{v.metric}": v.value for v in values})
+                results += rows
         writer.write("eval_results", pa.Table.from_pylist(results, schema=EVAL_RESULTS))
         out["time/eval"] = time.perf_counter() - started
         return out
@@ -168,13 +170,15 @@ class PeriodicEval:
         self.engine.load_weights(model.state_dict())
         return self.engine
 
-    def _evaluate_set(self, engine: Any, held: HeldOutSet, step: int, writer: ShardWriter) -> tuple[list[MetricValue], list[dict]]:
-        """Sample, store and grade one set; its metric values and eval_results rows."""
+    def _evaluate_set(self, engine: Any, held: HeldOutSet, step: int, writer: ShardWriter,
+                      sampling: SamplingConfig) -> tuple[list[MetricValue], list[dict]]:
+        """Sample (with `sampling`), store and grade one set; its metric values and eval_results rows."""
         started = time.perf_counter()
-        samples = engine.generate(list(zip(held.prompt_ids, held.messages)), k=self.cfg.k, temperature=self.cfg.temperature,
-                                  top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens, seed=self.cfg.seed)
+        k, pass_at = sampling.n, default_pass_at(sampling.n)
+        samples = engine.generate(list(zip(held.prompt_ids, held.messages)), k=k, temperature=sampling.temperature,
+                                  top_p=sampling.top_p, max_tokens=sampling.max_tokens, seed=sampling.seed)
         seconds = time.perf_counter() - started
-        settings = trace_settings(ROLE, engine.spec, self.sampling,
+        settings = trace_settings(ROLE, engine.spec, sampling,
                                   {"instruction": self.cfg.instruction, "system_prompt": None})
         rows = sample_rows(held.prompt_ids, samples, role=ROLE, settings=settings, name=self.run_id, version=str(step),
                            source=f"train-eval:{self.run_id}", run_id=self.run_id, model_path=None,
@@ -186,14 +190,14 @@ class PeriodicEval:
         graded = [[{**verdicts[r["trace_id"]], "finish_reason": r["finish_reason"], "num_tokens": r["num_tokens"]}
                    for r in per] for per in rows]
         labels = answer_classes(voting_answers(graded), self.pool)  # maj@k's classes: verifier-equal answers
-        values = summarize([problem_samples(per, lab) for per, lab in zip(graded, labels)], k=self.cfg.k,
-                           pass_at=self.pass_at, seed=self.cfg.seed)
-        metric_settings = eval_settings(samples=settings, k=self.cfg.k, pass_at=self.pass_at,
+        values = summarize([problem_samples(per, lab) for per, lab in zip(graded, labels)], k=k,
+                           pass_at=pass_at, seed=self.cfg.seed)
+        metric_settings = eval_settings(samples=settings, k=k, pass_at=pass_at,
                                         verifier=self.pool.config.settings(),
                                         bootstrap={"seed": self.cfg.seed, "resamples": 2000, "confidence": 0.95},
                                         prompt_ids=held.prompt_ids)
         results = eval_result_rows(values, run_id=self.run_id, model=self.run_id, policy_version=str(step),
-                                   benchmark=held.name, k=self.cfg.k, settings=metric_settings,
+                                   benchmark=held.name, k=k, settings=metric_settings,
                                    recorded={"during_training": True, "prompt_file": held.path})
         return values, results
 

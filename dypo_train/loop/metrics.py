@@ -78,10 +78,13 @@ EVAL_CONSOLE = ("avg@", "pass@", "maj@")
 
 
 def eval_lines(metrics: dict[str, float]) -> list[str]:
-    """One line per held-out set evaluated at this step: `  eval math500: avg@4 0.125 pass@1 0.125 ... maj@4 0.100`."""
+    """One line per held-out set evaluated at this step: `  eval math500: avg@4 0.125 pass@1 0.125 ... maj@4 0.100`
+    (with eval.greedy, `greedy avg@1 0.150` after them)."""
     sets: dict[str, list[str]] = {}
     for key, value in metrics.items():
         parts = key.split("/")
         if len(parts) == 3 and parts[0] == "eval" and parts[2].startswith(EVAL_CONSOLE):
             sets.setdefault(parts[1], []).append(f"{parts[2]} {value:.3f}")
+        elif len(parts) == 4 and parts[0] == "eval" and parts[2] == "greedy" and parts[3].startswith("avg@"):
+            sets.setdefault(parts[1], []).append(f"greedy {parts[3]} {value:.3f}")
     return [f"  eval {name}: {' '.join(cells)}" for name, cells in sets.items()]

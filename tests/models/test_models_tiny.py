@@ -95,3 +95,28 @@ def test_resolve_rejects_bad_specs(tmp_path):
         resolve_model(str(tmp_path / "empty"))
     with pytest.raises(BackendError, match="seed"):
         resolve_model("tiny:abc", cache_dir=tmp_path)
+
+
+def test_tiny_architecture_and_out_directory(tmp_path):
+    """`dypo-data models tiny:S --layers/--hidden/--mlp [--out DIR]`: the architecture is the one asked for, cached
+    under a name that carries it (the default keeps its old name), or built where --out says."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    arch = TinyModelConfig(num_layers=3, hidden_size=128, num_heads=2, num_kv_heads=2, intermediate_size=256)
+    ref = resolve_model("tiny:4", cache_dir=tmp_path / "cache", tiny=arch)
+    assert ref.name == "tiny-seed4-3x128-mlp256" and ref.path.parent == tmp_path / "cache" / "models"
+    config = json.loads((ref.path / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]) == (3, 128, 256)
+    assert resolve_model("tiny:4", cache_dir=tmp_path / "cache", tiny=TinyModelConfig()).name == "tiny-seed4"
+
+    script = Path(sys.executable).with_name("dypo-data")
+    out = subprocess.run([str(script), "models", "tiny:2", "--layers", "3", "--hidden", "128", "--mlp", "256",
+                          "--out", str(tmp_path / "teacher-init")], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\t")[0] == "teacher-init"
+    assert json.loads((tmp_path / "teacher-init" / "config.json").read_text())["num_hidden_layers"] == 3
+    bad = subprocess.run([str(script), "models", "smollm2", "--out", str(tmp_path / "x")], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert bad.returncode != 0 and "only tiny models" in bad.stderr

@@ -130,3 +130,32 @@ def test_held_out_prompt_longer_than_the_model_context_fails_before_training(tin
     with pytest.raises(InputError, match="does not fit the model's context of 4096"):
         train("dypo", sets)
     assert not (tmp_path / "runs" / "long").exists()
+
+
+def test_greedy_evaluation_matches_the_eval_job_on_the_checkpoint(tiny_model_dir, held_out, tmp_path):
+    """eval.greedy adds a T=0, one-sample pass: `eval/held/greedy/avg@1` per evaluation, its own eval_results
+    rows (k=1), and the same completions as `dypo-data eval --temperature 0 -k 1` on the run's checkpoint."""
+    easy = build_easy_store(tmp_path / "store")
+    sets = overrides(easy.root, tiny_model_dir, tmp_path / "runs", "greedy-eval", "data.mode=online", "run.max_steps=1",
+                     "run.prompts_per_step=4", f"rollout.k={K}", "rollout.max_tokens=12", "rollout.kv_cache_gib=1",
+                     "rollout.dtype=float32", "data.max_prompt_tokens=1024", *eval_sets(held_out, "eval.greedy=true"))
+    run_dir, history = train("dypo", sets)
+    metrics = step_metrics(easy.root, run_dir.name)[1]
+    assert metrics["eval/held/greedy/samples"] == HELD_OUT
+    assert metrics["eval/held/samples"] == HELD_OUT * K  # the sampled pass is unchanged
+    ks = query(easy.root, "SELECT DISTINCT k FROM eval_results WHERE model = ? AND metric LIKE 'avg@%' ORDER BY k", [run_dir.name])
+    assert ks == [(1,), (K,)]
+    greedy = dict(query(easy.root, "SELECT prompt_id, completion FROM traces WHERE run_id = ? AND role = 'eval' "
+                                   "AND json_extract(sampling, '$.sampling.temperature')::DOUBLE = 0", [run_dir.name]))
+    assert len(greedy) == HELD_OUT
+
+    other = tmp_path / "eval-store"
+    script = Path(sys.executable).with_name("dypo-data")
+    out = subprocess.run([str(script), "eval", "--store", str(other), "--run", str(run_dir), "--steps", "1",
+                          "--prompts", f"held={held_out}", "-k", "1", "--temperature", "0", "--instruction", "",
+                          "--max-tokens", "12", "--dtype", "float32", "--quiet"], capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert dict(query(other, "SELECT prompt_id, completion FROM traces WHERE role = 'eval'")) == greedy
+    assert metrics["eval/held/greedy/avg@1"] == pytest.approx(
+        query(other, "SELECT value FROM eval_results WHERE metric = 'avg@1'")[0][0])

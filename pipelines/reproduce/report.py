@@ -1,0 +1,256 @@
+"""REPORT.md and its figures, from the runs' result files: tables over seeds, dynamics, a plain conclusion.
+
+Every number in the report is computed here from `results/*.json` (written by runs.py), so the report
+can be redrawn at any time with `reproduce.py --report-only`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from runs import final_metric
+from settings import ABLATIONS, DYNAMICS, MAIN, Variant
+
+FIGURES = ("dynamics.png", "lr_robustness.png", "accuracy.png")
+CURVES = (("tier/offline_ratio", "offline-data ratio (share of prompts routed to SFT)"),
+          ("reward/mean", "mean reward of the rollouts"), ("policy/entropy", "policy entropy on rollout tokens"),
+          ("grad/norm", "gradient norm (before clipping)"), ("tier/hard", "hard groups per step"),
+          ("tier/easy", "easy groups per step"))
+
+
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (0 for one value) and count of the finite values."""
+    vals = [x for x in values if not math.isnan(x)]
+    if not vals:
+        return math.nan, math.nan, 0
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals)
+
+
+def fmt(values: list[float]) -> str:
+    m, s, n = mean_std(values)
+    if n == 0:
+        return "n/a"
+    return f"{m:.3f} ± {s:.3f}" if n > 1 else f"{m:.3f}"
+
+
+def compare(a: list[float], b: list[float]) -> str:
+    """'higher' / 'lower' when the mean +- std ranges of a and b do not overlap, else 'no clear difference'."""
+    (ma, sa, na), (mb, sb, nb) = mean_std(a), mean_std(b)
+    if na == 0 or nb == 0:
+        return "not measured"
+    if ma - sa > mb + sb:
+        return "higher"
+    if ma + sa < mb - sb:
+        return "lower"
+    return "no clear difference"
+
+
+def by_method(results: list[dict], best: dict[str, float]) -> dict[str, list[dict]]:
+    """The runs at each method's chosen learning rate (all seeds)."""
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in results:
+        if best.get(r["method"]) == r["lr"]:
+            out[r["method"]].append(r)
+    return out
+
+
+def curve(result: dict, name: str) -> list[tuple[int, float]]:
+    return sorted((int(r["step"]), float(r["value"])) for r in result["dynamics"] if r["name"] == name)
+
+
+def _values(runs: list[dict], benchmark: str, metric: str) -> list[float]:
+    return [final_metric(r, benchmark, metric) for r in runs]
+
+
+def accuracy_table(methods: tuple[str, ...], chosen: dict[str, list[dict]], best: dict[str, float], v: Variant) -> list[str]:
+    avg = f"avg@{v.eval_k}"
+    lines = [f"| method | best lr | test {avg} (T=0.6) | OOD {avg} (T=0.6) | test greedy | OOD greedy | "
+             f"val {avg} | seeds | rollouts sampled | tokens trained | wall s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m in methods:
+        runs = chosen.get(m, [])
+        if not runs:
+            lines.append(f"| {m} | n/a | not run | | | | | 0 | | | |")
+            continue
+        lines.append(
+            f"| {m} | {best[m]:g} | {fmt(_values(runs, 'test', avg))} | {fmt(_values(runs, 'ood', avg))} | "
+            f"{fmt(_values(runs, 'test', 'avg@1'))} | {fmt(_values(runs, 'ood', 'avg@1'))} | "
+            f"{fmt(_values(runs, 'val', avg))} | {len(runs)} | "
+            f"{statistics.fmean(r['rollouts'] for r in runs):,.0f} | {statistics.fmean(r['tokens_trained'] for r in runs):,.0f} | "
+            f"{statistics.fmean(r['wall_seconds'] for r in runs):.0f} |")
+    return lines
+
+
+def lr_table(results: list[dict], methods: tuple[str, ...], v: Variant) -> list[str]:
+    avg = f"avg@{v.eval_k}"
+    lrs = sorted({r["lr"] for r in results if r["seed"] == 0})
+    lines = ["| method | " + " | ".join(f"val {avg} at lr {lr:g}" for lr in lrs) + " |",
+             "|---|" + "---|" * len(lrs)]
+    for m in methods:
+        cells = []
+        for lr in lrs:
+            runs = [r for r in results if r["method"] == m and r["lr"] == lr and r["seed"] == 0]
+            cells.append(f"{final_metric(runs[0], 'val', avg):.3f}" if runs else "n/a")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _band(ax, runs: list[dict], name: str, label: str) -> None:
+    series = [curve(r, name) for r in runs if curve(r, name)]
+    if not series:
+        return
+    steps = sorted({s for c in series for s, _ in c})
+    table = [[dict(c).get(s, math.nan) for c in series] for s in steps]
+    means = [mean_std(row)[0] for row in table]
+    stds = [mean_std(row)[1] for row in table]
+    line, = ax.plot(steps, means, label=label)
+    ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                    color=line.get_color(), alpha=0.2)
+
+
+def draw_figures(out: Path, results: list[dict], chosen: dict[str, list[dict]], v: Variant) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for ax, (name, title) in zip(axes.flat, CURVES):
+        for m in DYNAMICS:
+            _band(ax, chosen.get(m, []), name, m)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.suptitle("Dynamics at each method's chosen learning rate: mean and ±1 std band over seeds")
+    fig.tight_layout()
+    fig.savefig(out / "dynamics.png", dpi=80)
+    plt.close(fig)
+
+    avg = f"avg@{v.eval_k}"
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for m in v.methods:
+        pts = sorted((r["lr"], final_metric(r, "val", avg)) for r in results if r["method"] == m and r["seed"] == 0)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"validation {avg} (T=0.6), seed 0")
+    ax.set_title("Learning-rate robustness")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "lr_robustness.png", dpi=80)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    for ax, bench in zip(axes, ("test", "ood")):
+        names = [m for m in v.methods if chosen.get(m)]
+        stats = [mean_std(_values(chosen[m], bench, avg)) for m in names]
+        ax.bar(range(len(names)), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=3)
+        ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+        ax.set_title(f"{'in-distribution' if bench == 'test' else 'out-of-distribution'} {avg} (T=0.6), mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=80)
+    plt.close(fig)
+
+
+def _window_mean(points: list[tuple[int, float]], first: bool, n: int = 5) -> float:
+    vals = [v for _, v in (points[:n] if first else points[-n:])]
+    return statistics.fmean(vals) if vals else math.nan
+
+
+def _roughness(points: list[tuple[int, float]]) -> float:
+    """Mean absolute step-to-step change: how jagged a curve is."""
+    vals = [v for _, v in points]
+    return statistics.fmean(abs(b - a) for a, b in zip(vals, vals[1:])) if len(vals) > 1 else math.nan
+
+
+def conclusion(chosen: dict[str, list[dict]], v: Variant) -> list[str]:
+    """Plain statements, each computed from the runs, about the paper's claims."""
+    avg = f"avg@{v.eval_k}"
+    out = []
+    dypo = chosen.get("dypo", [])
+    ratios = [curve(r, "tier/offline_ratio") for r in dypo]
+    if ratios and all(ratios):
+        start = statistics.fmean(_window_mean(c, True) for c in ratios)
+        end = statistics.fmean(_window_mean(c, False) for c in ratios)
+        verdict = "falls" if end < start - 0.1 else "does not fall"
+        out.append(f"- Offline-data ratio (paper: ~1.0 at the start, ~0.35 later): DYPO's {verdict} here, from "
+                   f"{start:.2f} (mean of the first 5 steps) to {end:.2f} (last 5 steps), mean over {len(ratios)} seed(s).")
+    for name, label in (("policy/entropy", "entropy"), ("grad/norm", "gradient-norm roughness")):
+        vals = {}
+        for m in ("dypo", "grpo"):
+            curves = [curve(r, name) for r in chosen.get(m, []) if curve(r, name)]
+            if curves:
+                vals[m] = statistics.fmean((_window_mean(c, False) if name == "policy/entropy" else _roughness(c))
+                                           for c in curves)
+        if len(vals) == 2:
+            if name == "policy/entropy":
+                out.append(f"- Entropy at the end (paper: DYPO keeps 0.2-0.6 where GRPO collapses): DYPO {vals['dypo']:.3f}, "
+                           f"GRPO {vals['grpo']:.3f} (mean of the last 5 steps).")
+            else:
+                smoother = "smoother" if vals["dypo"] < vals["grpo"] else "not smoother"
+                out.append(f"- Gradient norm (paper: smoother than GRPO's): DYPO's is {smoother} here (mean step-to-step "
+                           f"change {vals['dypo']:.3f} vs GRPO {vals['grpo']:.3f}).")
+    for bench, what in (("test", "in distribution"), ("ood", "out of distribution")):
+        for group, label in ((MAIN, "baseline"), (ABLATIONS, "ablation")):
+            parts = []
+            for m in group:
+                if m == "dypo" or not chosen.get(m) or not dypo:
+                    continue
+                parts.append(f"{m}: DYPO {compare(_values(dypo, bench, avg), _values(chosen[m], bench, avg))}")
+            if parts:
+                out.append(f"- DYPO vs each {label}, {what} ({avg}, mean ± std over seeds must not overlap to count): "
+                           + "; ".join(parts) + ".")
+    return out or ["- No complete runs yet."]
+
+
+def write_report(out: Path, results: list[dict], best: dict[str, float], v: Variant, context: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = by_method(results, best)
+    draw_figures(out, results, chosen, v)
+    teachers = context.get("teachers", {})
+    lines = [
+        "# DYPO at CPU scale: a fair comparison with its baselines",
+        "",
+        f"Generated by `python pipelines/reproduce/reproduce.py --variant {v.name}` on {context.get('machine', 'unknown CPU')} "
+        f"({context.get('minutes', 0):.0f} min). Every number below is computed from `results/*.json`.",
+        "",
+        "## Setup",
+        "",
+        f"- Task: `dypo-data synth` {', '.join(v.kinds)} problems, level {v.level}; training pool {v.n_train} prompts, "
+        f"validation {v.n_val} (chooses each method's learning rate), in-distribution test {v.n_test}, "
+        f"out-of-distribution test {v.n_ood} ({', '.join(v.ood_kinds)}, level {v.ood_level}: never trained on). "
+        "No split shares a problem text; at level 1 `operation` has 243 distinct expressions in 3 phrasings, so an "
+        "expression of the test set can recur in the training pool in another phrasing: the in-distribution test "
+        "measures the arithmetic facts the methods practise, the OOD set whether they compose.",
+        f"- Teachers (tiny Llamas, {v.teacher_arch.layers} layers x {v.teacher_arch.hidden}, trained by the `sft` recipe on "
+        f"{v.n_teacher} other problems' solutions): worked style ({v.teacher_steps} steps), compact style ({v.teacher_steps} steps), "
+        f"noisy (compact style, {v.noisy_steps} steps). Each wrote {v.m} traces per training prompt with vLLM "
+        f"(T={v.teacher_temperature}); `dypo-data verify` keeps the correct ones as SFT targets.",
+        f"- Policy: a tiny Llama ({v.policy_arch.layers} layers x {v.policy_arch.hidden}) with a {v.warm_steps}-step SFT warm "
+        f"start on {v.n_warm} further problems, the same start for every run.",
+        f"- Runs: online, {v.steps} optimizer steps of {v.prompts_per_step} prompts x k={v.k} rollouts (T=1.0, up to "
+        f"{v.max_tokens} tokens), for every method; learning rates {', '.join(f'{lr:g}' for lr in v.lrs)} on seed 0, then "
+        f"{v.seeds} seed(s) at each method's best validation rate. Evaluation every {v.eval_every} steps at T=0.6 "
+        f"(avg@{v.eval_k}, k={v.eval_k}) and greedily at the end (avg@1).",
+        "",
+        "## Teachers",
+        "",
+        "| teacher | traces | share correct | training prompts with a correct trace |",
+        "|---|---|---|---|",
+    ]
+    for row in teachers.get("teachers", []):
+        lines.append(f"| {row['model']} | {row['traces']} | {row['accuracy']:.3f} | {row['prompts_covered']} |")
+    lines += [f"", f"Prompts with at least one verified teacher trace: {teachers.get('pool_prompts', 'n/a')} of "
+                   f"{teachers.get('train_prompts', 'n/a')}.", "",
+              "## Methods", "", *accuracy_table(MAIN, chosen, best, v), "", "![accuracy](accuracy.png)", "",
+              "## Ablations", "", *accuracy_table(ABLATIONS, chosen, best, v), "",
+              "## Learning-rate robustness", "", *lr_table(results, v.methods, v), "", "![lr](lr_robustness.png)", "",
+              "## Dynamics", "", "![dynamics](dynamics.png)", "",
+              "## Conclusion", "", *conclusion(chosen, v), ""]
+    report = out / "REPORT.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return report
