@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dypo_data.cli.common import err_console, reporting, setup_logging
+from dypo_data.cli.common import reporting, setup_logging
 
 
 def view(
@@ -35,7 +35,6 @@ def view(
         from dypo_data.view.server import serve
 
         def ready(url: str, build_seconds: float) -> None:
-            err_console.print(f"dypo view of {store} (read in {build_seconds:.1f} s) at [bold]{url}[/]  (Ctrl-C stops it)",
-                              highlight=False, soft_wrap=True)
+            print(f"dypo view of {store} (read in {build_seconds:.1f} s) at {url}  (Ctrl-C stops it)", flush=True)
 
         serve(store, host=host, port=port, on_ready=ready)

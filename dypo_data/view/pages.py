@@ -15,7 +15,7 @@ from dypo_data.store import view_queries as q
 from dypo_data.view import params
 from dypo_data.view.charts import PALETTE, Series, line_chart
 from dypo_data.view.highlight import answer_segments
-from dypo_data.view.params import PAGE_SIZE, PageError, Query
+from dypo_data.view.params import PageError, Query
 from dypo_data.view.snapshot import QueryRun, Snapshot
 
 TIERS = ("easy", "mid", "hard", "unscored")
@@ -46,7 +46,7 @@ def overview(snap: Snapshot, query: Query) -> Page:
 
 
 def groups(snap: Snapshot, query: Query) -> Page:
-    query.check_known({"tier", "model", "policy_version", "source", "status", "hard_without_teacher", "q", "page"})
+    query.check_known({"tier", "model", "policy_version", "source", "status", "hard_without_teacher", "q", "page", "per_page"})
     options = snap.run(q.GROUP_CHOICES)
     found = options.first or {}
     filters = {
@@ -58,21 +58,21 @@ def groups(snap: Snapshot, query: Query) -> Page:
         "hard_without_teacher": params.flag(query, "hard_without_teacher"),
         "q": params.text(query, "q"),
     }
-    page = params.page_number(query)
-    rows = snap.run(q.GROUP_PAGE, {**filters, "limit": PAGE_SIZE, "offset": (page - 1) * PAGE_SIZE})
-    matching = rows.first["matching"] if rows.rows else _count_when_past_end(snap, filters, page)
-    params.check_page_exists(page, matching)
+    at = params.paging(query)
+    rows = snap.run(q.GROUP_PAGE, {**filters, "limit": at.per_page, "offset": at.offset})
+    matching = rows.first["matching"] if rows.rows else _count_when_past_end(snap, q.GROUP_PAGE, filters, at.page)
+    params.check_page_exists(at, matching)
     return Page("groups.html", {
         "rows": rows.rows, "filters": filters, "choices": {**found, "tiers": TIERS},
-        "paging": params.page_links(filters, page, matching),
+        "paging": params.page_links(filters, at, matching),
     }, [options, rows])
 
 
-def _count_when_past_end(snap: Snapshot, filters: dict[str, Any], page: int) -> int:
+def _count_when_past_end(snap: Snapshot, query: q.NamedQuery, filters: dict[str, Any], page: int) -> int:
     """Rows matching the filters, when the requested page came back empty (0 rows, or past the end)."""
     if page == 1:
         return 0
-    first = snap.run(q.GROUP_PAGE, {**filters, "limit": 1, "offset": 0})
+    first = snap.run(query, {**filters, "limit": 1, "offset": 0})
     return first.first["matching"] if first.rows else 0
 
 
@@ -137,7 +137,7 @@ def _skip_table(rows: list[dict]) -> dict[str, Any]:
 
 
 def skipped(snap: Snapshot, query: Query, run_id: str) -> Page:
-    query.check_known({"step", "reason", "page"})
+    query.check_known({"step", "reason", "page", "per_page"})
     listing = snap.run(q.RUNS)
     run = params.run_name(run_id)
     known = {r["run_id"]: r for r in listing.rows}
@@ -149,17 +149,14 @@ def skipped(snap: Snapshot, query: Query, run_id: str) -> Page:
         "step": params.integer(query, "step", low=0, high=max(known[run]["last_step"], 0)),
         "reason": params.choice(query, "reason", (reasons.first or {}).get("reasons") or []),
     }
-    page = params.page_number(query)
-    rows = snap.run(q.SKIPPED_PROMPTS, {**filters, "limit": PAGE_SIZE, "offset": (page - 1) * PAGE_SIZE})
-    matching = rows.first["matching"] if rows.rows else 0
-    if not rows.rows and page > 1:
-        first = snap.run(q.SKIPPED_PROMPTS, {**filters, "limit": 1, "offset": 0})
-        matching = first.first["matching"] if first.rows else 0
-    params.check_page_exists(page, matching)
+    at = params.paging(query)
+    rows = snap.run(q.SKIPPED_PROMPTS, {**filters, "limit": at.per_page, "offset": at.offset})
+    matching = rows.first["matching"] if rows.rows else _count_when_past_end(snap, q.SKIPPED_PROMPTS, filters, at.page)
+    params.check_page_exists(at, matching)
     shown = {"step": filters["step"], "reason": filters["reason"]}
     return Page("skipped.html", {
         "run": run, "rows": rows.rows, "filters": shown, "reasons": (reasons.first or {}).get("reasons") or [],
-        "paging": params.page_links(shown, page, matching),
+        "paging": params.page_links(shown, at, matching),
     }, [listing, reasons, rows])
 
 

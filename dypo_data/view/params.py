@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 PAGE_SIZE = 50
+MIN_PER_PAGE, MAX_PER_PAGE = 5, 500
 MAX_PAGE = 1_000_000  # far beyond any store; a larger number is a malformed request, not a page
 MAX_TEXT = 200
 _ID = re.compile(r"^[0-9a-f]{16}$")  # stable ids: 16 hex digits (contracts.ids.stable_hash)
@@ -89,13 +90,26 @@ def integer(query: Query, key: str, *, low: int, high: int) -> int | None:
     return number
 
 
-def page_number(query: Query) -> int:
-    return integer(query, "page", low=1, high=MAX_PAGE) or 1
+@dataclass(frozen=True)
+class Paging:
+    page: int
+    per_page: int
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.per_page
 
 
-def check_page_exists(page: int, matching: int) -> None:
+def paging(query: Query) -> Paging:
+    """`page` (from 1) and `per_page` (rows per page, PAGE_SIZE unless given)."""
+    page = integer(query, "page", low=1, high=MAX_PAGE) or 1
+    return Paging(page, integer(query, "per_page", low=MIN_PER_PAGE, high=MAX_PER_PAGE) or PAGE_SIZE)
+
+
+def check_page_exists(at: Paging, matching: int) -> None:
     """Page 1 always exists (it may say "no rows"); a later page must have rows."""
-    last = max(1, -(-matching // PAGE_SIZE))
+    page = at.page
+    last = max(1, -(-matching // at.per_page))
     if page > last:
         raise PageError(404, f"page={page} is past the last page ({last}) of {matching} rows; go back to page {last}")
 
@@ -128,13 +142,16 @@ def _short(value: str) -> str:
     return repr(value if len(value) <= 60 else value[:57] + "...")
 
 
-def page_links(query: Mapping[str, object], page: int, matching: int) -> dict[str, object]:
+def page_links(query: Mapping[str, object], at: Paging, matching: int) -> dict[str, object]:
     """Paging state for a template: first row shown, last row, and the neighbours' page numbers."""
-    last = max(1, -(-matching // PAGE_SIZE))
+    page, size = at.page, at.per_page
+    last = max(1, -(-matching // size))
+    if size != PAGE_SIZE:
+        query = {**query, "per_page": size}
     return {
         "page": page, "last_page": last, "matching": matching,
-        "first_row": 0 if matching == 0 else (page - 1) * PAGE_SIZE + 1,
-        "last_row": min(page * PAGE_SIZE, matching),
+        "first_row": 0 if matching == 0 else at.offset + 1,
+        "last_row": min(page * size, matching),
         "prev": page - 1 if page > 1 else None, "next": page + 1 if page < last else None,
         "query": {k: "1" if v is True else v for k, v in query.items() if k != "page" and v not in (None, "", False)},
     }
