@@ -184,13 +184,18 @@ LARGE_K = 8
 
 
 def _large_prompts(n_prompts: int, rng: random.Random) -> list[sf.Problem]:
+    """`n_prompts` distinct problems; makers with few distinct problems (fractions) run dry and are skipped over."""
     problems, seen = [], set()
-    while len(problems) < n_prompts:
-        pb = sf._MAKERS[len(problems) % len(sf._MAKERS)](rng)
+    for attempt in range(50 * n_prompts):
+        if len(problems) == n_prompts:
+            break
+        pb = sf._MAKERS[attempt % len(sf._MAKERS)](rng)
         key = (pb.source, pb.problem)
         if key not in seen:
             seen.add(key)
             problems.append(pb)
+    if len(problems) < n_prompts:
+        raise ValueError(f"the problem makers gave only {len(problems)} distinct problems, fewer than {n_prompts}")
     return problems
 
 

@@ -26,6 +26,9 @@ METRIC_SECTIONS = (
     ("eval/", "Evaluation during training"), ("", "Other"),
 )
 MAX_RUNS = len(PALETTE)
+# Charts shown first within their section (the DYPO gate's headline curves), the rest by name.
+LEADING_CHARTS = ("tier/offline_ratio", "tier/hard", "tier/mid", "tier/easy", "reward/mean", "policy/entropy",
+                  "grad/norm", "loss/total")
 
 
 @dataclass
@@ -120,7 +123,9 @@ def _chart_sections(rows: list[dict], colours: dict[str, str]) -> list[tuple[str
     for row in rows:  # ordered by name, run, step
         points[row["name"]][row["run_id"]].append((row["step"], row["value"]))
     sections: dict[str, list[str]] = defaultdict(list)
-    for name, per_run in points.items():
+    order = sorted(points, key=lambda n: (LEADING_CHARTS.index(n) if n in LEADING_CHARTS else len(LEADING_CHARTS), n))
+    for name in order:
+        per_run = points[name]
         heading = next(h for prefix, h in METRIC_SECTIONS if name.startswith(prefix))
         series = [Series(run, colours[run], pts) for run, pts in per_run.items()]
         sections[heading].append(line_chart(name, series))
