@@ -46,6 +46,7 @@ bench: install
 	$(PY) benchmarks/bench_verify.py
 	$(PY) benchmarks/bench_eval.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_view.py
 
 clean-demo:
 	rm -rf $(STORE) $(STORE).runs $(STORE).problems.jsonl

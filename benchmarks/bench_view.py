@@ -59,7 +59,7 @@ def page_urls(client) -> dict[str, str]:
         "overview": "/",
         "groups": "/groups",
         "groups: tier + source + text": "/groups?tier=mid&source=gsm8k&q=muffins",
-        "groups: has a timeout rollout": "/groups?status=ok&tier=hard",
+        "groups: status + tier": "/groups?status=ok&tier=hard",
         "groups: hard without teacher": "/groups?hard_without_teacher=1",
         "groups: last page": f"/groups?page={last}",
         "prompt": f"/prompt/{prompt_id}",
