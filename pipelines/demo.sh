@@ -79,3 +79,4 @@ dypo-data eval --store "$STORE" --model smollm2 --run "$RUNS/demo-dypo" --steps 
 echo "store: $STORE  (try: dypo-data sql --store $STORE \"SELECT * FROM teacher_pool LIMIT 5\")"
 echo "run:   $RUNS/demo-dypo  (checkpoints in Hugging Face format; tensorboard --logdir $RUNS)"
 echo "eval:  dypo-data eval-report --store $STORE  (the stored evaluations side by side)"
+echo "view:  dypo-data view --store $STORE  (traces, groups, the gate's decisions and the run in a browser, http://127.0.0.1:8765/)"

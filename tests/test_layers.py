@@ -14,24 +14,28 @@ ROOT = Path(__file__).resolve().parents[1]
 # layer -> project modules it must not import
 FORBIDDEN = {
     "dypo_data.errors": ("dypo_data.",),
-    "dypo_data.contracts": ("dypo_data.store", "dypo_data.backends", "dypo_data.grading", "dypo_data.prompts",
+    "dypo_data.contracts": ("dypo_data.view", "dypo_data.store", "dypo_data.backends", "dypo_data.grading", "dypo_data.prompts",
                             "dypo_data.jobs", "dypo_data.cli", "dypo_data.models"),
-    "dypo_data.store": ("dypo_data.backends", "dypo_data.grading", "dypo_data.prompts", "dypo_data.jobs",
+    "dypo_data.store": ("dypo_data.view", "dypo_data.backends", "dypo_data.grading", "dypo_data.prompts", "dypo_data.jobs",
                         "dypo_data.cli", "dypo_data.models"),
-    "dypo_data.prompts": ("dypo_data.store", "dypo_data.backends", "dypo_data.jobs", "dypo_data.cli"),
-    "dypo_data.grading": ("dypo_data.store", "dypo_data.backends", "dypo_data.jobs", "dypo_data.cli"),
-    "dypo_data.backends": ("dypo_data.store", "dypo_data.jobs", "dypo_data.cli", "dypo_data.grading"),
-    "dypo_data.models": ("dypo_data.store", "dypo_data.jobs", "dypo_data.cli", "dypo_data.grading"),
-    "dypo_data.evaluation": ("dypo_data.store", "dypo_data.backends", "dypo_data.grading", "dypo_data.prompts",
+    "dypo_data.prompts": ("dypo_data.view", "dypo_data.store", "dypo_data.backends", "dypo_data.jobs", "dypo_data.cli"),
+    "dypo_data.grading": ("dypo_data.view", "dypo_data.store", "dypo_data.backends", "dypo_data.jobs", "dypo_data.cli"),
+    "dypo_data.backends": ("dypo_data.view", "dypo_data.store", "dypo_data.jobs", "dypo_data.cli", "dypo_data.grading"),
+    "dypo_data.models": ("dypo_data.view", "dypo_data.store", "dypo_data.jobs", "dypo_data.cli", "dypo_data.grading"),
+    "dypo_data.evaluation": ("dypo_data.view", "dypo_data.store", "dypo_data.backends", "dypo_data.grading", "dypo_data.prompts",
                              "dypo_data.jobs", "dypo_data.cli", "dypo_data.models"),
-    "dypo_data.jobs": ("dypo_data.cli",),
-    "dypo_train": ("dypo_data.cli", "dypo_data.jobs"),
+    "dypo_data.jobs": ("dypo_data.cli", "dypo_data.view"),
+    # the web viewer reads the store (contracts, store, errors); only the cli starts it
+    "dypo_data.view": ("dypo_data.backends", "dypo_data.grading", "dypo_data.prompts", "dypo_data.jobs",
+                       "dypo_data.cli", "dypo_data.models", "dypo_data.evaluation"),
+    "dypo_train": ("dypo_data.cli", "dypo_data.jobs", "dypo_data.view"),
 }
 # third-party packages a layer must not import (even lazily)
 FORBIDDEN_THIRD_PARTY = {
     "dypo_data.contracts": ("torch", "duckdb", "vllm", "math_verify"),
     "dypo_data.store": ("torch", "vllm", "math_verify"),
     "dypo_data.evaluation": ("torch", "duckdb", "vllm", "math_verify"),
+    "dypo_data.view": ("torch", "vllm", "math_verify", "transformers"),
 }
 
 
@@ -79,7 +83,7 @@ def test_nothing_imports_the_cli():
 def test_importing_the_cli_does_not_load_heavy_packages():
     code = (
         "import sys, dypo_data, dypo_data.cli.main\n"
-        "heavy = [m for m in ('vllm', 'math_verify', 'torch', 'transformers') if m in sys.modules]\n"
+        "heavy = [m for m in ('vllm', 'math_verify', 'torch', 'transformers', 'starlette', 'uvicorn') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
