@@ -144,18 +144,38 @@ def read_table(root: Path, table: str, columns: list[str] | None = None) -> pa.T
         schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
     if not files:
         return schema.empty_table()
-    try:
-        parts = [pq.read_table(p, columns=columns, schema=None) for p in files]
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise SchemaError(f"cannot read a {table} shard in {root}: {exc}", "move the corrupt file out of the store") from exc
-    return pa.concat_tables([p.cast(schema) for p in parts])
+    parts = []
+    for path in files:
+        try:
+            parts.append(pq.read_table(path, columns=columns, schema=None).cast(schema))
+        except (pa.ArrowException, OSError) as exc:
+            raise damaged_shard_error(path, str(exc).strip().splitlines()[0]) from exc
+    return pa.concat_tables(parts)
+
+
+def damaged_shard_error(path: Path, reason: str) -> SchemaError:
+    """A shard whose footer reads but whose data does not (see damage.py)."""
+    return SchemaError(
+        f"{path} is damaged: its data cannot be read ({reason})",
+        "move it out of the store, then rerun the command that wrote it (generate, verify, import, or "
+        "dypo-train --resume): it writes again what the file held",
+    )
+
+
+def store_containing(path: str | os.PathLike[str]) -> Path | None:
+    """The store directory that `path` lies in (a parent holding a table folder with shards), if any."""
+    resolved = Path(path).expanduser().resolve()
+    for folder in resolved.parents:
+        if any(next((folder / table).glob("*.parquet"), None) is not None for table in TABLES if (folder / table).is_dir()):
+            return folder
+    return None
 
 
 def open_store(path: str | os.PathLike[str], *, must_exist: bool = True) -> Path:
     """Resolve a store directory; reading commands require it to exist."""
     root = Path(path).expanduser()
+    if root.exists() and not root.is_dir():
+        raise InputError(f"store path {root} is a file, not a directory", "pass a store directory to --store")
     if must_exist and not root.is_dir():
         raise InputError(f"store directory {root} does not exist", "run `dypo-data generate --store DIR` first")
-    if root.exists() and not root.is_dir():
-        raise InputError(f"store path {root} is a file, not a directory", "pass a directory to --store")
     return root

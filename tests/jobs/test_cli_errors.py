@@ -13,23 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cli_run import assert_one_line_error, run
+
 from dypo_data.store import read_table
-
-
-def run(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DYPO_CACHE=str(cache), VLLM_CPU_KVCACHE_SPACE="1")
-    return subprocess.run([sys.executable, "-m", "dypo_data.cli.main", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    """The error is the last line on stderr (progress bars of earlier steps may precede it)."""
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    err = result.stderr.strip().splitlines()[-1]
-    assert err.startswith("error:"), result.stderr
-    for fragment in fragments:
-        assert fragment in err, result.stderr
 
 
 @pytest.fixture(scope="module")
