@@ -16,7 +16,7 @@ from typing import Any, Callable
 from dypo_data.contracts.rows import verdict_row, verifier_settings_hash
 from dypo_data.grading import GradeItem, VerifierConfig, VerifierPool, verifier_version
 from dypo_data.jobs.common import JobStats, ShardBuffer, make_progress, new_run_id
-from dypo_data.store import ShardWriter, check_writable, connect, open_store
+from dypo_data.store import ShardWriter, check_writable, open_store, reading
 from dypo_data.store.queries import orphan_trace_count, unscored_traces, unscored_traces_among
 
 
@@ -43,10 +43,9 @@ def run_verify(cfg: VerifyConfig) -> JobStats:
     settings_json = json.dumps(settings, sort_keys=True)
     version = verifier_version()
 
-    con = connect(root)
-    todo = unscored_traces(con, vhash) if cfg.trace_ids is None else unscored_traces_among(con, list(cfg.trace_ids), vhash)
-    stats.add("traces_without_prompt", orphan_trace_count(con))
-    con.close()
+    with reading(root) as con:
+        todo = unscored_traces(con, vhash) if cfg.trace_ids is None else unscored_traces_among(con, list(cfg.trace_ids), vhash)
+        stats.add("traces_without_prompt", orphan_trace_count(con))
     if cfg.limit is not None:
         todo = todo.slice(0, cfg.limit)
     gold_of = dict(zip(todo["trace_id"].to_pylist(), todo["gold"].to_pylist()))

@@ -26,8 +26,9 @@ def shard_read_error(path: Path) -> str | None:
     """Why `path` cannot be read in full (DuckDB, then pyarrow), or None when both read every page."""
     con = duckdb.connect()
     try:
-        batches = con.execute("SELECT * FROM read_parquet(?)", [str(path)]).fetch_record_batch()
-        for _ in batches:
+        result = con.execute("SELECT * FROM read_parquet(?)", [str(path)])
+        batches = result.to_arrow_reader() if hasattr(result, "to_arrow_reader") else result.fetch_record_batch()
+        for _ in batches:  # DuckDB 2 has to_arrow_reader, older releases fetch_record_batch
             pass
     except duckdb.Error as exc:
         return str(exc).strip().splitlines()[0] or type(exc).__name__
