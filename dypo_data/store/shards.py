@@ -122,7 +122,24 @@ def validate_shard(path: Path, table: str) -> pa.Schema:
             f"{path} has schema version {found_version or 'missing'}, expected {SCHEMA_VERSION}",
             "use the dypo release that wrote it, or regenerate the store",
         )
+    _check_columns(path, table, schema)
     return schema
+
+
+def _check_columns(path: Path, table: str, found: pa.Schema) -> None:
+    """A shard tagged as `table` must have exactly its columns and types (not be read as rows of NULLs)."""
+    expected = TABLES[table]
+    missing = [name for name in expected.names if name not in found.names]
+    extra = [name for name in found.names if name not in expected.names]
+    retyped = [f"{name} is {found.field(name).type}, expected {expected.field(name).type}"
+               for name in expected.names if name in found.names and not found.field(name).type.equals(expected.field(name).type)]
+    if missing or extra or retyped:
+        details = "; ".join(filter(None, [f"missing {', '.join(missing)}" if missing else "",
+                                          f"unknown {', '.join(extra)}" if extra else "", *retyped[:3]]))
+        raise SchemaError(
+            f"{path} is tagged as a dypo {table} shard but its columns differ ({details})",
+            "move it out of the store; dypo writes every shard with the table's full schema",
+        )
 
 
 def shard_files(root: Path, table: str) -> list[Path]:

@@ -52,3 +52,20 @@ def test_dypo_train_names_the_damaged_shard(tmp_path, tiny_model_dir):
     r = cli("run", *sets_args(overrides(store.root, tiny_model_dir, tmp_path / "out", "r", "run.max_steps=1")))
     assert_train_error(r, str(shard), "damaged")
     assert not list((tmp_path / "out").glob("*/checkpoints"))
+
+
+@pytest.mark.parametrize("command", [["verify", "--workers", "1"], ["stats"], ["sql", "SELECT count(*) FROM traces"],
+                                     ["export", "--kind", "sft", "--out", "{tmp}/sft"]])
+def test_shard_with_the_table_tag_but_other_columns_is_refused(tmp_path, command):
+    """Tagged as traces, with the traces schema's metadata, but the columns of another table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dypo_data.contracts import TRACES
+
+    store = build_store(tmp_path / "st")
+    impostor = store.root / "traces" / "part-impostor.parquet"
+    pq.write_table(pa.table({"trace_id": ["x"], "score": [1.0]}).replace_schema_metadata(TRACES.metadata), impostor)
+    args = [a.format(tmp=tmp_path) for a in command]
+    r = run(*args[:1], "--store", str(store.root), *args[1:])
+    assert_one_line_error(r, str(impostor), "columns differ", "missing prompt_id", "unknown score", "move it out")
