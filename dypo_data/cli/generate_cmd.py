@@ -11,6 +11,7 @@ import typer
 
 from dypo_data.cli.common import build_prompt_source, field_help, out_console, reporting, setup_logging, show_progress
 from dypo_data.errors import ConfigError
+from dypo_data.jobs.generate import GenerateConfig
 from dypo_data.prompts import PromptSource
 
 
@@ -56,7 +57,9 @@ def generate(
     policy_version: Annotated[str, typer.Option(help="Version tag of the policy (e.g. its training step).")] = "base",
     system_prompt: Annotated[Optional[str], typer.Option(help="System message for prompts built from a problem.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use at most this many prompts.")] = None,
-    flush_every: Annotated[int, typer.Option(help="Write a shard every this many traces.")] = 256,
+    flush_every: Annotated[int, typer.Option(help=field_help(GenerateConfig, "flush_every"))] = GenerateConfig.flush_every,
+    flush_seconds: Annotated[float, typer.Option(help=field_help(GenerateConfig, "flush_seconds"))] = GenerateConfig.flush_seconds,
+    wait: Annotated[bool, typer.Option("--wait", help=field_help(GenerateConfig, "wait"))] = False,
     cache_dir: Annotated[Optional[str], typer.Option(help="Where built-in models are cached (default $DYPO_CACHE or ~/.cache/dypo).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
@@ -74,7 +77,7 @@ def generate(
     with reporting():
         from dypo_data.backends import ModelSpec, SamplingConfig
         from dypo_data.backends.slot import BackendSlot
-        from dypo_data.jobs.generate import GenerateConfig, run_generate
+        from dypo_data.jobs.generate import run_generate
         from dypo_data.jobs.ingest import run_import
 
         if not teacher and not policy:
@@ -105,7 +108,7 @@ def generate(
             GenerateConfig(
                 store=str(store), role=role, models=models, sampling=sampling, backend=backend,
                 backend_options=options, policy_version=policy_version, limit=limit, flush_every=flush_every,
-                progress=show_progress(quiet, as_json),
+                flush_seconds=flush_seconds, wait=wait, progress=show_progress(quiet, as_json),
             )
             for role, models, sampling in jobs
         ]

@@ -296,7 +296,7 @@ def run_eval(cfg: EvalConfig) -> EvalOutcome:
             stats.add(f"{key}@{model.policy_version}", gen_stats.counts[key])
         settings_of[(model.spec.name, model.policy_version)] = traces = traces_settings(gen, model.spec)
         sample_ids += _sample_ids(requests["prompt_id"].to_pylist(), model, cfg.k, settings_hash(traces))
-    verify_stats = run_verify(VerifyConfig(store=cfg.store, verifier=cfg.verifier, trace_ids=tuple(sample_ids),
+    verify_stats = run_verify(VerifyConfig(store=cfg.store, verifier=cfg.verifier, trace_ids=tuple(sample_ids), wait=True,
                                            progress=cfg.progress))
     stats.add("samples_graded", verify_stats.counts.get("traces_to_verify", 0))
     stats.time("verify_seconds", verify_stats.timings.get("verify_seconds", 0.0))

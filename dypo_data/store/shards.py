@@ -34,7 +34,8 @@ from dypo_data.errors import InputError, SchemaError, StoreError
 TMP_PREFIX = ".tmp-"
 
 
-def _store_write_error(path: Path, exc: OSError) -> StoreError:
+def store_write_error(path: Path, exc: OSError) -> StoreError:
+    """The StoreError for an OSError while writing `path` (disk full, read-only, other)."""
     if exc.errno == errno.ENOSPC:
         return StoreError(f"store disk is full while writing {path}", "free space or point --store at another disk")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -72,7 +73,7 @@ class ShardWriter:
             os.replace(tmp, final)
         except OSError as exc:
             _discard(tmp)
-            raise _store_write_error(tmp, exc) from exc
+            raise store_write_error(tmp, exc) from exc
         return final
 
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
@@ -86,7 +87,7 @@ class ShardWriter:
             os.replace(tmp, final)
         except OSError as exc:
             _discard(tmp)
-            raise _store_write_error(tmp, exc) from exc
+            raise store_write_error(tmp, exc) from exc
         return final
 
 
@@ -98,7 +99,7 @@ def check_writable(root: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise _store_write_error(root, exc) from exc
+        raise store_write_error(root, exc) from exc
 
 
 def validate_shard(path: Path, table: str) -> pa.Schema:
