@@ -74,6 +74,9 @@ class ShardWriter:
         except OSError as exc:
             _discard(tmp)
             raise store_write_error(tmp, exc) from exc
+        except BaseException:  # Ctrl-C or SIGTERM mid-write: no half-written temporary file stays behind
+            _discard(tmp)
+            raise
         return final
 
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
