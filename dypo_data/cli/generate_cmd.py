@@ -35,6 +35,7 @@ def generate(
     column: Annotated[Optional[list[str]], typer.Option(help="Map a prompt field to an input column, FIELD=COLUMN (repeatable; nested: reward_model.ground_truth).")] = None,
     instruction: Annotated[Optional[str], typer.Option(help="Text appended to each problem (default asks for a \\boxed{} answer; '' for none).")] = None,
     solution_teacher: Annotated[str, typer.Option(help=field_help(PromptSource, "solution_teacher"))] = PromptSource.solution_teacher,
+    skip_missing_answer: Annotated[bool, typer.Option(help="Skip prompt rows with no gold answer instead of failing.")] = False,
     teacher: Annotated[Optional[list[str]], typer.Option(help="Teacher model as NAME=PATH or PATH (repeat for several). PATH may be smollm2 or tiny[:SEED].")] = None,
     policy: Annotated[Optional[str], typer.Option(help="Policy model as NAME=PATH or PATH; its rollouts form groups of k.")] = None,
     m: Annotated[int, typer.Option("-m", "--m", help="Traces per prompt per teacher.")] = 2,
@@ -82,8 +83,12 @@ def generate(
 
         if not teacher and not policy:
             raise ConfigError("nothing to generate: no --teacher and no --policy", "name at least one model")
+        for flag, value, used in (("-m", m, teacher), ("-k", k, policy)):
+            if used and value < 1:
+                raise ConfigError(f"{flag} {value}: samples per prompt must be at least 1", f"pass {flag} 1 or more")
         src = build_prompt_source(prompts, fmt=prompt_format, columns=column, instruction=instruction,
-                                  system_prompt=system_prompt, solution_teacher=solution_teacher) if prompts else None
+                                  system_prompt=system_prompt, solution_teacher=solution_teacher,
+                                  on_missing_answer="skip" if skip_missing_answer else "error") if prompts else None
         base = SamplingConfig(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                               stop=tuple(stop or ()), seed=seed)
         options = {}
