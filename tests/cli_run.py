@@ -25,7 +25,8 @@ def run(*args: str, cache: Path | None = None, timeout: int = 300) -> subprocess
 def start(*args: str, cache: Path | None = None, log: Path) -> subprocess.Popen:
     """`dypo-data ARGS...` in the background, stdout and stderr into `log` (the caller waits or signals it)."""
     fh = open(log, "w")
-    return subprocess.Popen([*DATA_CLI, *args], stdout=fh, stderr=subprocess.STDOUT, text=True, env=cli_env(cache))
+    return subprocess.Popen([*DATA_CLI, *args], stdout=fh, stderr=subprocess.STDOUT, text=True, env=cli_env(cache),
+                            start_new_session=True)  # its own process group: killpg ends its engine too
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
