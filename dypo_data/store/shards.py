@@ -7,12 +7,13 @@ Layout of a store directory::
       traces/part-<run_id>-<seq>.parquet
       verdicts/part-<run_id>-<seq>.parquet
       runs/<run_id>.json            manifest, written last when a run completes
+      .leases/<work>.lock           who writes what right now (see lease.py)
 
 A shard is written to a hidden temporary name (`.tmp-*.partial`, which no `*.parquet` glob
 matches) and renamed into place once complete, so a killed writer leaves no partial shard behind.
 Shards are never rewritten. Every `*.parquet` file under a table directory must carry that table's
-name and schema version in its key-value metadata; a foreign or corrupt file stops reads with an
-error naming it.
+name and schema version in its key-value metadata and exactly its columns; a foreign or corrupt file
+stops reads with an error naming it (damaged data pages: see damage.py).
 """
 
 from __future__ import annotations
