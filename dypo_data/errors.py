@@ -6,6 +6,11 @@ anything else is a bug and is shown with its traceback.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
 
 class DypoError(Exception):
     """Base of every user-facing error. `hint` says what to do next."""
@@ -37,7 +42,39 @@ class StoreError(DypoError):
     """The store directory cannot be written (read-only, disk full, ...)."""
 
 
+class StoreBusyError(StoreError):
+    """Another process is doing the same work in the store (it holds the lease, see store/lease.py)."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later
+
+
 class BackendError(DypoError):
     """A generation backend failed: model path, server unreachable, engine error."""
 
     exit_code = 3
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `kill`, Slurm and Kubernetes send), raised like Ctrl-C so the same clean-up runs:
+    buffered rows are written, engines and workers are closed. The command then exits 143 (128 + 15)."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the body, SIGTERM raises `Terminated` in the main thread; later SIGTERMs are ignored while
+    that clean-up runs (a scheduler's SIGKILL after its grace period still ends the process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -21,7 +21,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dypo_data.errors import DypoError
+from dypo_data.errors import DypoError, Terminated, sigterm_as_interrupt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train a policy with DYPO or one of its baselines.")
 
@@ -103,12 +103,14 @@ def run(
         from dypo_train.loop.run import resolve_resume, run_training
 
         cfg = resolve_resume(resume, recipe, config, overrides) if resume is not None else resolve(recipe, config, overrides)
-        run_dir, history = run_training(cfg, resume=resume, reporter=None if quiet else ConsoleReporter())
+        with sigterm_as_interrupt():  # SIGTERM stops the run as Ctrl-C does
+            run_dir, history = run_training(cfg, resume=resume, reporter=None if quiet else ConsoleReporter())
     except DypoError as exc:
         _fail(exc)
-    except KeyboardInterrupt:
-        print("interrupted: continue with `dypo-train run --resume RUN_DIR` from the last checkpoint", file=sys.stderr)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{what}: continue with `dypo-train run --resume RUN_DIR` from the last checkpoint", file=sys.stderr)
+        raise typer.Exit(Terminated.exit_code if isinstance(exc, Terminated) else 130) from None
     last = history[-1] if history else {}
     summary = {"run_dir": str(run_dir), "steps": len(history), "reward_mean_last": last.get("reward/mean"),
                "offline_ratio_last": last.get("tier/offline_ratio")}

@@ -58,13 +58,14 @@ class SamplingConfig:
         if isinstance(self.stop, (list, str)):
             object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
         if self.n < 1:
-            raise ConfigError(f"n={self.n} must be >= 1")
+            raise ConfigError(f"n={self.n} samples per prompt must be >= 1",
+                              "dypo-data generate: pass -m (traces per teacher) and -k (policy group size) of 1 or more")
         if self.temperature < 0:
-            raise ConfigError(f"temperature={self.temperature} must be >= 0; use 0 for greedy decoding")
+            raise ConfigError(f"temperature={self.temperature} must be >= 0", "use --temperature 0 for greedy decoding")
         if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p={self.top_p} must be in (0, 1]; use 1 to switch nucleus sampling off")
+            raise ConfigError(f"top_p={self.top_p} must be in (0, 1]", "use --top-p 1 to switch nucleus sampling off")
         if self.max_tokens < 1:
-            raise ConfigError(f"max_tokens={self.max_tokens} must be >= 1")
+            raise ConfigError(f"max_tokens={self.max_tokens} must be >= 1", "pass --max-tokens N with N >= 1")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ConfigError(f"stop={self.stop!r} must hold non-empty strings")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):

@@ -63,7 +63,8 @@ def normalise_url(url: str) -> str:
     """`http://host:port` or `.../v1` -> `http://host:port/v1`."""
     url = url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"base URL {url!r} must start with http:// or https://")
+        raise ConfigError(f"base URL {url!r} must start with http:// or https://",
+                          "pass the server's URL, e.g. --base-url http://127.0.0.1:8000/v1")
     return url if url.endswith("/v1") else url + "/v1"
 
 

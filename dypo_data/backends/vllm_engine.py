@@ -50,6 +50,7 @@ from dypo_data.backends.base import (
     sample_seed,
 )
 from dypo_data.backends.cpu import STEP_TOKENS, CpuEnginePlan, announce, detect_cpu, plan_cpu_engine, running_engines
+from dypo_data.backends.shm import forget_released, recording_new_segments, remove_orphans
 from dypo_data.errors import BackendError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,8 @@ def start_engine(model: ModelSpec):
     try:
         # The engine's processes read the plan's variables when they start; restoring them afterwards
         # keeps the next engine's plan from mistaking this plan's choices for the user's.
-        with scoped_environment(cpu.environment() if cpu else {}):
+        remove_orphans()  # what engines of killed jobs left in /dev/shm (see shm.py)
+        with scoped_environment(cpu.environment() if cpu else {}), recording_new_segments():
             llm = LLM(**kwargs)
     except Exception as exc:  # vLLM raises many types (ValueError, RuntimeError, OSError, pydantic)
         raise BackendError(
@@ -323,6 +325,7 @@ class VLLMBackend(BackendBase):
         del llm
         _destroy_process_groups()
         gc.collect()
+        forget_released()
 
 
 def _abort(engine: Any, request_ids: list[str]) -> None:

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dypo_data.errors import DypoError
+from dypo_data.errors import DypoError, Terminated, sigterm_as_interrupt
 
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 out_console = Console(width=None if sys.stdout.isatty() else 160)  # tables stay readable in logs and pipes
@@ -48,16 +48,21 @@ def show_progress(quiet: bool, as_json: bool) -> bool:
 
 @contextlib.contextmanager
 def reporting() -> Iterator[None]:
-    """Turn known errors into one line on stderr and a non-zero exit; unknown ones keep their traceback."""
+    """Turn known errors into one line on stderr and a non-zero exit; unknown ones keep their traceback.
+
+    Ctrl-C and SIGTERM stop a job the same way: what was done is written, then exit 130 or 143.
+    """
     try:
-        yield
+        with sigterm_as_interrupt():
+            yield
     except DypoError as exc:
         hint = f" (fix: {exc.hint})" if exc.hint else ""
         err_console.print(f"[bold red]error:[/] {exc.message}{hint}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted:[/] finished shards are kept; rerun the same command to resume")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        err_console.print(f"[bold red]{what}:[/] finished shards are kept; rerun the same command to resume")
+        raise typer.Exit(Terminated.exit_code if isinstance(exc, Terminated) else 130) from None
 
 
 def arrow_to_rich(table: pa.Table, title: str | None = None, max_rows: int = 50, max_width: int = 60) -> Table:

@@ -11,6 +11,7 @@ import typer
 
 from dypo_data.cli.common import build_prompt_source, field_help, out_console, reporting, setup_logging, show_progress
 from dypo_data.errors import ConfigError
+from dypo_data.jobs.generate import GenerateConfig
 from dypo_data.prompts import PromptSource
 
 
@@ -34,6 +35,7 @@ def generate(
     column: Annotated[Optional[list[str]], typer.Option(help="Map a prompt field to an input column, FIELD=COLUMN (repeatable; nested: reward_model.ground_truth).")] = None,
     instruction: Annotated[Optional[str], typer.Option(help="Text appended to each problem (default asks for a \\boxed{} answer; '' for none).")] = None,
     solution_teacher: Annotated[str, typer.Option(help=field_help(PromptSource, "solution_teacher"))] = PromptSource.solution_teacher,
+    skip_missing_answer: Annotated[bool, typer.Option(help="Skip prompt rows with no gold answer instead of failing.")] = False,
     teacher: Annotated[Optional[list[str]], typer.Option(help="Teacher model as NAME=PATH or PATH (repeat for several). PATH may be smollm2 or tiny[:SEED].")] = None,
     policy: Annotated[Optional[str], typer.Option(help="Policy model as NAME=PATH or PATH; its rollouts form groups of k.")] = None,
     m: Annotated[int, typer.Option("-m", "--m", help="Traces per prompt per teacher.")] = 2,
@@ -56,7 +58,9 @@ def generate(
     policy_version: Annotated[str, typer.Option(help="Version tag of the policy (e.g. its training step).")] = "base",
     system_prompt: Annotated[Optional[str], typer.Option(help="System message for prompts built from a problem.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use at most this many prompts.")] = None,
-    flush_every: Annotated[int, typer.Option(help="Write a shard every this many traces.")] = 256,
+    flush_every: Annotated[int, typer.Option(help=field_help(GenerateConfig, "flush_every"))] = GenerateConfig.flush_every,
+    flush_seconds: Annotated[float, typer.Option(help=field_help(GenerateConfig, "flush_seconds"))] = GenerateConfig.flush_seconds,
+    wait: Annotated[bool, typer.Option("--wait", help=field_help(GenerateConfig, "wait"))] = False,
     cache_dir: Annotated[Optional[str], typer.Option(help="Where built-in models are cached (default $DYPO_CACHE or ~/.cache/dypo).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
@@ -74,13 +78,17 @@ def generate(
     with reporting():
         from dypo_data.backends import ModelSpec, SamplingConfig
         from dypo_data.backends.slot import BackendSlot
-        from dypo_data.jobs.generate import GenerateConfig, run_generate
+        from dypo_data.jobs.generate import run_generate
         from dypo_data.jobs.ingest import run_import
 
         if not teacher and not policy:
             raise ConfigError("nothing to generate: no --teacher and no --policy", "name at least one model")
+        for flag, value, used in (("-m", m, teacher), ("-k", k, policy)):
+            if used and value < 1:
+                raise ConfigError(f"{flag} {value}: samples per prompt must be at least 1", f"pass {flag} 1 or more")
         src = build_prompt_source(prompts, fmt=prompt_format, columns=column, instruction=instruction,
-                                  system_prompt=system_prompt, solution_teacher=solution_teacher) if prompts else None
+                                  system_prompt=system_prompt, solution_teacher=solution_teacher,
+                                  on_missing_answer="skip" if skip_missing_answer else "error") if prompts else None
         base = SamplingConfig(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                               stop=tuple(stop or ()), seed=seed)
         options = {}
@@ -105,7 +113,7 @@ def generate(
             GenerateConfig(
                 store=str(store), role=role, models=models, sampling=sampling, backend=backend,
                 backend_options=options, policy_version=policy_version, limit=limit, flush_every=flush_every,
-                progress=show_progress(quiet, as_json),
+                flush_seconds=flush_seconds, wait=wait, progress=show_progress(quiet, as_json),
             )
             for role, models, sampling in jobs
         ]

@@ -14,12 +14,14 @@ from dypo_data.cli.common import arrow_to_rich, out_console, reporting
 def sql(
     query: Annotated[str, typer.Argument(help="SQL over the views prompts, traces, verdicts, latest_verdicts, scored_traces, groups, teacher_pool, train_metrics, train_samples, eval_results.")],
     store: Annotated[Path, typer.Option(help="Store directory.")],
-    out: Annotated[Optional[Path], typer.Option(help="Also write the result to a .csv, .json/.jsonl or .parquet file.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the result to a .csv (lists as JSON text), .json/.jsonl or .parquet file, outside the store.")] = None,
     max_rows: Annotated[int, typer.Option(help="Rows to print.")] = 50,
     max_width: Annotated[int, typer.Option(help="Characters per printed cell.")] = 60,
     as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON lines instead of a table.")] = False,
 ) -> None:
-    """Run a DuckDB query over the store and print the result.
+    """Run one read-only DuckDB query (a SELECT) over the store and print the result.
+
+    Writes (CREATE, COPY, ATTACH, SET, ...) and files outside the store are refused.
 
     Examples:
 
@@ -28,8 +30,10 @@ def sql(
       dypo-data sql --store st "SELECT tier, count(*) FROM groups GROUP BY tier" --out tiers.csv
     """
     with reporting():
-        from dypo_data.jobs.inspect import run_sql, write_result
+        from dypo_data.jobs.inspect import check_result_path, run_sql, write_result
 
+        if out is not None:
+            check_result_path(out)  # before the query runs
         table = run_sql(str(store), query)
         if out is not None:
             write_result(table, out)

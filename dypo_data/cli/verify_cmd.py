@@ -10,8 +10,10 @@ import typer
 
 from dypo_data.cli.common import field_help, out_console, reporting, setup_logging, show_progress
 from dypo_data.grading import VerifierConfig
+from dypo_data.jobs.verify import VerifyConfig
 
 _V = VerifierConfig
+_C = VerifyConfig
 
 
 def verify(
@@ -21,7 +23,10 @@ def verify(
     float_rounding: Annotated[int, typer.Option(help=field_help(_V, "float_rounding"))] = _V.float_rounding,
     strict: Annotated[bool, typer.Option("--strict/--lenient", help=field_help(_V, "strict"))] = _V.strict,
     answer_position: Annotated[str, typer.Option(help=field_help(_V, "answer_position"))] = _V.answer_position,
-    limit: Annotated[Optional[int], typer.Option(help="Verify at most this many traces.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help=field_help(_C, "limit"))] = None,
+    flush_every: Annotated[int, typer.Option(help=field_help(_C, "flush_every"))] = _C.flush_every,
+    flush_seconds: Annotated[float, typer.Option(help=field_help(_C, "flush_seconds"))] = _C.flush_seconds,
+    wait: Annotated[bool, typer.Option("--wait", help=field_help(_C, "wait"))] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
@@ -34,12 +39,12 @@ def verify(
     """
     setup_logging(verbose)
     with reporting():
-        from dypo_data.jobs.verify import VerifyConfig, run_verify
+        from dypo_data.jobs.verify import run_verify
 
         verifier = VerifierConfig(workers=workers, timeout_s=timeout, float_rounding=float_rounding, strict=strict,
                                   answer_position=answer_position)
-        stats = run_verify(VerifyConfig(store=str(store), verifier=verifier, limit=limit,
-                                        progress=show_progress(quiet, as_json)))
+        stats = run_verify(VerifyConfig(store=str(store), verifier=verifier, limit=limit, flush_every=flush_every,
+                                        flush_seconds=flush_seconds, wait=wait, progress=show_progress(quiet, as_json)))
         summary = {"run_id": stats.run_id, **dict(stats.counts), **stats.timings}
         if as_json:
             print(json.dumps(summary))

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from dypo_data.errors import InputError, StoreError
 from dypo_data.evaluation.summary import COUNT_METRICS
-from dypo_data.store import connect, open_store
+from dypo_data.store import open_store, reading
 from dypo_data.store.queries import eval_names, eval_report
 
 
@@ -42,16 +42,13 @@ class Report:
 def run_report(cfg: ReportConfig) -> Report:
     """The newest results per (model, version, benchmark), filtered; PNGs when `cfg.out` is set."""
     root = open_store(cfg.store)
-    con = connect(root)
-    try:
+    with reading(root) as con:
         known_models, known_benchmarks = eval_names(con)
         if not known_benchmarks:
             raise InputError(f"store {cfg.store} has no eval results", "run `dypo-data eval --store ...` first")
         _check_names("benchmark", cfg.benchmarks, known_benchmarks, "--benchmark")
         _check_names("model", cfg.models, known_models, "--model")
         rows = eval_report(con, models=list(cfg.models), benchmarks=list(cfg.benchmarks))
-    finally:
-        con.close()
     plots = write_plots(rows, Path(cfg.out)) if cfg.out else []
     return Report(rows, plots)
 

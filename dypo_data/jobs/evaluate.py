@@ -45,7 +45,7 @@ from dypo_data.jobs.generate import GenerateConfig, run_generate, traces_setting
 from dypo_data.jobs.verify import VerifyConfig, run_verify
 from dypo_data.prompts import DEFAULT_INSTRUCTION, FORMATS, ColumnMap, LoadedPrompts, PromptSource, load_prompts
 from dypo_data.prompts.readers import open_rows
-from dypo_data.store import ShardWriter, check_writable, connect
+from dypo_data.store import ShardWriter, check_writable, reading
 from dypo_data.store.queries import eval_samples, stored_prompt_ids
 
 log = logging.getLogger(__name__)
@@ -165,11 +165,8 @@ def load_benchmarks(cfg: EvalConfig) -> dict[str, LoadedPrompts]:
 
 
 def _store_prompts(root: Path, loaded: dict[str, LoadedPrompts], writer: ShardWriter, stats: JobStats) -> None:
-    con = connect(root)
-    try:
+    with reading(root) as con:
         known = stored_prompt_ids(con, sorted({pid for data in loaded.values() for pid in data.prompts["prompt_id"].to_pylist()}))
-    finally:
-        con.close()
     for data in loaded.values():
         table = data.prompts
         if known:
@@ -299,7 +296,7 @@ def run_eval(cfg: EvalConfig) -> EvalOutcome:
             stats.add(f"{key}@{model.policy_version}", gen_stats.counts[key])
         settings_of[(model.spec.name, model.policy_version)] = traces = traces_settings(gen, model.spec)
         sample_ids += _sample_ids(requests["prompt_id"].to_pylist(), model, cfg.k, settings_hash(traces))
-    verify_stats = run_verify(VerifyConfig(store=cfg.store, verifier=cfg.verifier, trace_ids=tuple(sample_ids),
+    verify_stats = run_verify(VerifyConfig(store=cfg.store, verifier=cfg.verifier, trace_ids=tuple(sample_ids), wait=True,
                                            progress=cfg.progress))
     stats.add("samples_graded", verify_stats.counts.get("traces_to_verify", 0))
     stats.time("verify_seconds", verify_stats.timings.get("verify_seconds", 0.0))
@@ -314,16 +311,13 @@ def run_eval(cfg: EvalConfig) -> EvalOutcome:
 
 def _measure(root: Path, cfg: EvalConfig, loaded: dict[str, LoadedPrompts], settings_of: dict, run_id: str) -> pa.Table:
     vhash = verifier_settings_hash(cfg.verifier.settings())
-    con = connect(root)
-    try:
+    with reading(root) as con:
         cells = []
         for model in cfg.models:
             traces = settings_of[(model.spec.name, model.policy_version)]
             for b in cfg.benchmarks:
                 ids = loaded[b.name].prompts["prompt_id"].to_pylist()
                 cells.append(_collect(con, cfg, model, traces, b, ids, vhash))
-    finally:
-        con.close()
     labels = _label_answers(cells, cfg.verifier, cfg.progress)
     rows = [row for cell, lab in zip(cells, labels) for row in _result_rows(cell, lab, cfg, run_id)]
     return pa.Table.from_pylist(rows, schema=EVAL_RESULTS)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from dypo_data.errors import ConfigError, InputError
-from dypo_data.store import connect, open_store
+from dypo_data.store import open_store, reading
 from dypo_data.store.queries import fetch_arrow
 
 SFT_QUERY = """
@@ -117,11 +117,8 @@ def run_export(cfg: ExportConfig) -> int:
         raise InputError(
             f"output {out} exists and is not a `dypo-data export` dataset, so it is not replaced", "choose another --out"
         )
-    con = connect(root)
-    try:
+    with reading(root) as con:
         rows = fetch_arrow(con, SFT_QUERY if cfg.kind == "sft" else PAIR_CANDIDATES).to_pylist()
-    finally:
-        con.close()
     records = sft_records(rows) if cfg.kind == "sft" else pair_records(rows, cfg.max_pairs_per_group)
     if not records:
         what = "verified-correct teacher traces" if cfg.kind == "sft" else "mixed (mid-tier) rollout groups"

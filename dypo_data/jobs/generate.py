@@ -29,7 +29,8 @@ from dypo_data.errors import BackendError, ConfigError, InputError
 from dypo_data.jobs.common import JobStats, ShardBuffer, make_progress, new_run_id, utc_now
 from dypo_data.jobs.ingest import ingest_prompts
 from dypo_data.prompts import PromptSource
-from dypo_data.store import ShardWriter, check_writable, read_table
+from dypo_data.store import ShardWriter, check_writable, open_store, read_table
+from dypo_data.store.lease import hold_leases
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,11 @@ class GenerateConfig:
     flush_every: int = field(default=256, metadata={"help": "Write a shard once this many traces are buffered."})
     flush_seconds: float = field(default=60.0, metadata={"help": "... or once this many seconds have passed."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    wait: bool = field(
+        default=False,
+        metadata={"help": "When another process is generating the same traces (same model, role, settings and "
+                          "version) in this store, wait for it and then generate what it left, instead of failing."},
+    )
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -208,6 +214,18 @@ def traces_settings(cfg: GenerateConfig, model: ModelSpec) -> dict:
     return trace_settings(cfg.role, resolve_spec(cfg.backend, model), cfg.sampling, cfg.prompt_settings)
 
 
+def generate_leases(cfg: GenerateConfig, sampling: SamplingConfig) -> dict[str, str]:
+    """The lease of each model's work (see store/lease.py): {stable key: what it is, for people}."""
+    leases = {}
+    for model in cfg.models:
+        shash = settings_hash(trace_settings(cfg.role, resolve_spec(cfg.backend, model), sampling, cfg.prompt_settings))
+        version = trace_version(cfg.role, cfg.policy_version)
+        leases[f"generate|{model.name}|{cfg.role}|{shash}|{version}"] = (
+            f"generate of {cfg.role} traces of {model.name} (settings {shash[:8]}"
+            + (f", policy version {version})" if version is not None else ")"))
+    return leases
+
+
 def run_generate(
     cfg: GenerateConfig, prompts_table: pa.Table | None = None, engines: BackendSlot | None = None,
 ) -> JobStats:
@@ -220,7 +238,7 @@ def run_generate(
     messages instead of the stored ones: `dypo-data eval` renders a benchmark with its own
     instruction, recorded through `cfg.prompt_settings`.
     """
-    root = Path(cfg.store).expanduser()
+    root = open_store(cfg.store, must_exist=False)
     check_writable(root)
     run_id = new_run_id("generate")
     stats = JobStats("generate", run_id)
@@ -235,12 +253,13 @@ def run_generate(
             prompt_ids = list(cfg.prompt_ids) if cfg.prompt_ids is not None else None
         prompts = _select_prompts(root, prompt_ids, cfg.limit)
     stats.add("prompts_used", prompts.num_rows)
-    existing = set(read_table(root, "traces", ["trace_id"])["trace_id"].to_pylist())
-    flusher = ShardBuffer(writer, "traces", stats, every=cfg.flush_every, seconds=cfg.flush_seconds)
     slot = engines if engines is not None else BackendSlot()
     try:
-        for model in cfg.models:
-            _generate_model(model, prompts, existing, cfg, sampling, flusher, stats, run_id, slot)
+        with hold_leases(root, generate_leases(cfg, sampling), wait=cfg.wait):
+            existing = set(read_table(root, "traces", ["trace_id"])["trace_id"].to_pylist())  # read once the lease is held
+            flusher = ShardBuffer(writer, "traces", stats, every=cfg.flush_every, seconds=cfg.flush_seconds)
+            for model in cfg.models:
+                _generate_model(model, prompts, existing, cfg, sampling, flusher, stats, run_id, slot)
     finally:
         if engines is None:
             slot.close()

@@ -12,18 +12,59 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from dypo_data.errors import InputError
-from dypo_data.store import VIEW_NAMES, connect, open_store, queries
+from dypo_data.store import VIEW_NAMES, naming_damaged_shards, open_store, queries, reading, store_containing
+from dypo_data.store.readonly import READ_ONLY_HINT, check_read_only_query, read_only_connection
+
+# Errors of the query itself (not of the data it reads): shown as they are.
+_QUERY_ERRORS = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)
+
 
 def run_sql(store: str, query: str) -> pa.Table:
-    """Run one query against the store's views; SQL errors become an InputError naming the query."""
-    con = connect(open_store(store))
+    """Run one read-only query against the store's views (see store/readonly.py).
+
+    A write, a second statement or a file outside the store is refused; SQL errors become an
+    InputError naming the query's problem, and a damaged shard a SchemaError naming the file.
+    """
+    root = open_store(store)
+    with read_only_connection(root) as con:
+        check_read_only_query(con, query)
+        try:
+            with naming_damaged_shards(root):
+                return _fetch_user_query(con, query)
+        except duckdb.Error as exc:
+            first_line = str(exc).splitlines()[0]
+            raise InputError(f"query failed: {first_line}", "the views are " + ", ".join(VIEW_NAMES)) from exc
+
+
+def _fetch_user_query(con: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
     try:
         return queries.fetch_arrow(con, query)
-    except duckdb.Error as exc:
+    except duckdb.PermissionException as exc:  # a file outside the store: not a damaged shard
+        raise InputError(f"refused: {str(exc).splitlines()[0]}", "queries read the store's views and shard files only") from exc
+    except _QUERY_ERRORS as exc:
         first_line = str(exc).splitlines()[0]
         raise InputError(f"query failed: {first_line}", "the views are " + ", ".join(VIEW_NAMES)) from exc
-    finally:
-        con.close()
+
+
+def check_result_path(out: Path) -> None:
+    """`--out` never writes into a store: a stray file in a table folder would be read as data."""
+    store = store_containing(out)
+    if store is not None:
+        raise InputError(f"--out {out} lies inside the store {store}", "write results outside the store directory")
+
+
+def _json_text(column: pa.ChunkedArray) -> pa.Array:
+    return pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in column.to_pylist()],
+                    pa.string())
+
+
+def csv_ready(table: pa.Table) -> pa.Table:
+    """CSV has no lists or structs: such columns become JSON text (.jsonl and .parquet keep them as they are)."""
+    nested = (pa.types.is_list, pa.types.is_large_list, pa.types.is_struct, pa.types.is_map, pa.types.is_fixed_size_list)
+    for i, field in enumerate(table.schema):
+        if any(is_kind(field.type) for is_kind in nested):
+            table = table.set_column(i, field.name, _json_text(table.column(i)))
+    return table
 
 
 def write_result(table: pa.Table, out: Path) -> None:
@@ -31,10 +72,11 @@ def write_result(table: pa.Table, out: Path) -> None:
     fmt = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(out.suffix.lower())
     if fmt is None:
         raise InputError(f"cannot write {out}: unknown format {out.suffix!r}", "use a .csv, .json, .jsonl or .parquet name")
+    check_result_path(out)
     tmp = out.with_name(f".tmp-{out.name}")
     try:
         if fmt == "csv":
-            pacsv.write_csv(table, tmp)
+            pacsv.write_csv(csv_ready(table), tmp)
         elif fmt == "parquet":
             pq.write_table(table, tmp)
         else:
@@ -58,8 +100,7 @@ class StoreStats:
 
 
 def collect_stats(store: str) -> StoreStats:
-    con = connect(open_store(store))
-    try:
+    with reading(open_store(store)) as con:
         hard, covered = queries.hard_prompt_coverage(con)
         return StoreStats(
             models=queries.model_stats(con),
@@ -69,5 +110,3 @@ def collect_stats(store: str) -> StoreStats:
             hard_prompts=hard,
             hard_with_teacher=covered,
         )
-    finally:
-        con.close()

@@ -16,7 +16,9 @@ from typing import Any, Callable
 from dypo_data.contracts.rows import verdict_row, verifier_settings_hash
 from dypo_data.grading import GradeItem, VerifierConfig, VerifierPool, verifier_version
 from dypo_data.jobs.common import JobStats, ShardBuffer, make_progress, new_run_id
-from dypo_data.store import ShardWriter, check_writable, connect, open_store
+from dypo_data.errors import ConfigError
+from dypo_data.store import ShardWriter, check_writable, open_store, reading
+from dypo_data.store.lease import hold_lease
 from dypo_data.store.queries import orphan_trace_count, unscored_traces, unscored_traces_among
 
 
@@ -28,13 +30,29 @@ class VerifyConfig:
     trace_ids: tuple[str, ...] | None = field(
         default=None, metadata={"help": "Verify only these traces (dypo-data eval: its samples); None: every trace."}
     )
-    flush_every: int = field(default=1024, metadata={"help": "Write a verdict shard every this many verdicts."})
+    flush_every: int = field(default=1024, metadata={"help": "Write a verdict shard once this many verdicts are buffered."})
+    flush_seconds: float = field(
+        default=10.0, metadata={"help": "... or once this many seconds have passed: a kill loses at most this much work."}
+    )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    wait: bool = field(
+        default=False,
+        metadata={"help": "When another process is verifying this store under the same settings, wait for it and "
+                          "then grade what it left, instead of failing."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit={self.limit} must be >= 1", "pass --limit N with N >= 1, or omit it to verify every trace")
+        if self.flush_every < 1:
+            raise ConfigError(f"flush_every={self.flush_every} must be >= 1", "use e.g. 1024")
+        if not self.flush_seconds > 0:
+            raise ConfigError(f"flush_seconds={self.flush_seconds} must be > 0", "use e.g. 10")
 
 
 def run_verify(cfg: VerifyConfig) -> JobStats:
     root = open_store(cfg.store)
-    check_writable(root)
+    check_writable(root)  # before any work, as generate does
     run_id = new_run_id("verify")
     stats = JobStats("verify", run_id)
     writer = ShardWriter(root, run_id)
@@ -43,22 +61,22 @@ def run_verify(cfg: VerifyConfig) -> JobStats:
     settings_json = json.dumps(settings, sort_keys=True)
     version = verifier_version()
 
-    con = connect(root)
-    todo = unscored_traces(con, vhash) if cfg.trace_ids is None else unscored_traces_among(con, list(cfg.trace_ids), vhash)
-    stats.add("traces_without_prompt", orphan_trace_count(con))
-    con.close()
-    if cfg.limit is not None:
-        todo = todo.slice(0, cfg.limit)
-    gold_of = dict(zip(todo["trace_id"].to_pylist(), todo["gold"].to_pylist()))
-    items = [GradeItem(t, g, c) for t, c, g in zip(todo["trace_id"].to_pylist(), todo["completion"].to_pylist(), todo["gold"].to_pylist())]
-    stats.add("traces_to_verify", len(items))
+    with hold_lease(root, f"verify|{vhash}", f"verify under verifier settings {vhash[:8]}", wait=cfg.wait):
+        with reading(root) as con:  # read once the lease is held: a waiting run grades only what is left
+            todo = unscored_traces(con, vhash) if cfg.trace_ids is None else unscored_traces_among(con, list(cfg.trace_ids), vhash)
+            stats.add("traces_without_prompt", orphan_trace_count(con))
+        if cfg.limit is not None:
+            todo = todo.slice(0, cfg.limit)
+        gold_of = dict(zip(todo["trace_id"].to_pylist(), todo["gold"].to_pylist()))
+        items = [GradeItem(t, g, c) for t, c, g in zip(todo["trace_id"].to_pylist(), todo["completion"].to_pylist(), todo["gold"].to_pylist())]
+        stats.add("traces_to_verify", len(items))
 
-    buffer = ShardBuffer(writer, "verdicts", stats, every=cfg.flush_every)
-    started = time.monotonic()
-    if items:  # nothing to grade (a rerun): no worker processes to start
-        _grade(items, cfg, buffer, stats, lambda g: verdict_row(g, gold_of[g.key], vhash=vhash,
-                                                                  settings_json=settings_json, version=version))
-    stats.time("verify_seconds", time.monotonic() - started)
+        buffer = ShardBuffer(writer, "verdicts", stats, every=cfg.flush_every, seconds=cfg.flush_seconds)
+        started = time.monotonic()
+        if items:  # nothing to grade (a rerun): no worker processes to start
+            _grade(items, cfg, buffer, stats, lambda g: verdict_row(g, gold_of[g.key], vhash=vhash,
+                                                                      settings_json=settings_json, version=version))
+        stats.time("verify_seconds", time.monotonic() - started)
     writer.write_manifest(stats.manifest(cfg, verifier_settings_hash=vhash, verifier_version=version))
     return stats
 

@@ -241,7 +241,8 @@ def _prompt_row(row: dict[str, Any], where: str, ctx: _Context) -> dict[str, Any
             return None
         raise InputError(
             f"{file} has no gold answer at {where} (column {ctx.cols['answer']!r})",
-            "add the answer, map columns.answer to another column, or set on_missing_answer='skip'",
+            "add the answer, map another column with --column answer=COLUMN, or pass --skip-missing-answer to skip "
+            "such rows (on_missing_answer='skip')",
         )
     source = src.source or _text(ctx.value(row, "source"), "source", at) or ctx.rows.stem
     split = _text(ctx.value(row, "split"), "split", at) or src.split

@@ -7,12 +7,13 @@ Layout of a store directory::
       traces/part-<run_id>-<seq>.parquet
       verdicts/part-<run_id>-<seq>.parquet
       runs/<run_id>.json            manifest, written last when a run completes
+      .leases/<work>.lock           who writes what right now (see lease.py)
 
 A shard is written to a hidden temporary name (`.tmp-*.partial`, which no `*.parquet` glob
 matches) and renamed into place once complete, so a killed writer leaves no partial shard behind.
 Shards are never rewritten. Every `*.parquet` file under a table directory must carry that table's
-name and schema version in its key-value metadata; a foreign or corrupt file stops reads with an
-error naming it.
+name and schema version in its key-value metadata and exactly its columns; a foreign or corrupt file
+stops reads with an error naming it (damaged data pages: see damage.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from dypo_data.errors import InputError, SchemaError, StoreError
 TMP_PREFIX = ".tmp-"
 
 
-def _store_write_error(path: Path, exc: OSError) -> StoreError:
+def store_write_error(path: Path, exc: OSError) -> StoreError:
+    """The StoreError for an OSError while writing `path` (disk full, read-only, other)."""
     if exc.errno == errno.ENOSPC:
         return StoreError(f"store disk is full while writing {path}", "free space or point --store at another disk")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -72,7 +74,10 @@ class ShardWriter:
             os.replace(tmp, final)
         except OSError as exc:
             _discard(tmp)
-            raise _store_write_error(tmp, exc) from exc
+            raise store_write_error(tmp, exc) from exc
+        except BaseException:  # Ctrl-C or SIGTERM mid-write: no half-written temporary file stays behind
+            _discard(tmp)
+            raise
         return final
 
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
@@ -86,7 +91,7 @@ class ShardWriter:
             os.replace(tmp, final)
         except OSError as exc:
             _discard(tmp)
-            raise _store_write_error(tmp, exc) from exc
+            raise store_write_error(tmp, exc) from exc
         return final
 
 
@@ -98,7 +103,7 @@ def check_writable(root: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise _store_write_error(root, exc) from exc
+        raise store_write_error(root, exc) from exc
 
 
 def validate_shard(path: Path, table: str) -> pa.Schema:
@@ -122,7 +127,24 @@ def validate_shard(path: Path, table: str) -> pa.Schema:
             f"{path} has schema version {found_version or 'missing'}, expected {SCHEMA_VERSION}",
             "use the dypo release that wrote it, or regenerate the store",
         )
+    _check_columns(path, table, schema)
     return schema
+
+
+def _check_columns(path: Path, table: str, found: pa.Schema) -> None:
+    """A shard tagged as `table` must have exactly its columns and types (not be read as rows of NULLs)."""
+    expected = TABLES[table]
+    missing = [name for name in expected.names if name not in found.names]
+    extra = [name for name in found.names if name not in expected.names]
+    retyped = [f"{name} is {found.field(name).type}, expected {expected.field(name).type}"
+               for name in expected.names if name in found.names and not found.field(name).type.equals(expected.field(name).type)]
+    if missing or extra or retyped:
+        details = "; ".join(filter(None, [f"missing {', '.join(missing)}" if missing else "",
+                                          f"unknown {', '.join(extra)}" if extra else "", *retyped[:3]]))
+        raise SchemaError(
+            f"{path} is tagged as a dypo {table} shard but its columns differ ({details})",
+            "move it out of the store; dypo writes every shard with the table's full schema",
+        )
 
 
 def shard_files(root: Path, table: str) -> list[Path]:
@@ -144,18 +166,38 @@ def read_table(root: Path, table: str, columns: list[str] | None = None) -> pa.T
         schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
     if not files:
         return schema.empty_table()
-    try:
-        parts = [pq.read_table(p, columns=columns, schema=None) for p in files]
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise SchemaError(f"cannot read a {table} shard in {root}: {exc}", "move the corrupt file out of the store") from exc
-    return pa.concat_tables([p.cast(schema) for p in parts])
+    parts = []
+    for path in files:
+        try:
+            parts.append(pq.read_table(path, columns=columns, schema=None).cast(schema))
+        except (pa.ArrowException, OSError) as exc:
+            raise damaged_shard_error(path, str(exc).strip().splitlines()[0]) from exc
+    return pa.concat_tables(parts)
+
+
+def damaged_shard_error(path: Path, reason: str) -> SchemaError:
+    """A shard whose footer reads but whose data does not (see damage.py)."""
+    return SchemaError(
+        f"{path} is damaged: its data cannot be read ({reason})",
+        "move it out of the store, then rerun the command that wrote it (generate, verify, import, or "
+        "dypo-train --resume): it writes again what the file held",
+    )
+
+
+def store_containing(path: str | os.PathLike[str]) -> Path | None:
+    """The store directory that `path` lies in (a parent holding a table folder with shards), if any."""
+    resolved = Path(path).expanduser().resolve()
+    for folder in resolved.parents:
+        if any(next((folder / table).glob("*.parquet"), None) is not None for table in TABLES if (folder / table).is_dir()):
+            return folder
+    return None
 
 
 def open_store(path: str | os.PathLike[str], *, must_exist: bool = True) -> Path:
     """Resolve a store directory; reading commands require it to exist."""
     root = Path(path).expanduser()
+    if root.exists() and not root.is_dir():
+        raise InputError(f"store path {root} is a file, not a directory", "pass a store directory to --store")
     if must_exist and not root.is_dir():
         raise InputError(f"store directory {root} does not exist", "run `dypo-data generate --store DIR` first")
-    if root.exists() and not root.is_dir():
-        raise InputError(f"store path {root} is a file, not a directory", "pass a directory to --store")
     return root

@@ -79,28 +79,37 @@ DERIVED_VIEWS: dict[str, str] = {
 }
 
 
-def _table_source(con: duckdb.DuckDBPyConnection, root: Path, table: str) -> str:
-    """SQL that reads the table's shards, or an empty relation with its schema."""
-    files = shard_files(root, table)
+def _table_source(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> str:
+    """SQL that reads the table's shards, or an empty table with its schema (stored in the database,
+    so a database file reopened read-only still has it)."""
     if files:
         listing = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
         return f"SELECT * FROM read_parquet([{listing}], union_by_name = true)"
     empty_name = f"_empty_{table}"
-    con.register(empty_name, TABLES[table].empty_table())
+    con.from_arrow(TABLES[table].empty_table()).create(empty_name)
     return f"SELECT * FROM {empty_name}"
 
 
-def connect(root: Path, *, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with every view of the store defined."""
-    con = duckdb.connect(database)
+def define_views(con: duckdb.DuckDBPyConnection, root: Path) -> list[Path]:
+    """Create every view of the store in `con`; returns the shard files the views read."""
+    read: list[Path] = []
     for table, (key, order) in _DEDUP.items():
-        source = _table_source(con, root, table)
+        files = shard_files(root, table)
+        read.extend(files)
+        source = _table_source(con, table, files)
         con.execute(
             f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM ({source}) "
             f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order}) = 1"
         )
     for name, sql in DERIVED_VIEWS.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+    return read
+
+
+def connect(root: Path, *, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with every view of the store defined (for the jobs' own queries)."""
+    con = duckdb.connect(database)
+    define_views(con, root)
     return con
 
 

@@ -41,7 +41,7 @@ from dypo_data.evaluation.summary import MetricValue, default_pass_at, problem_s
 from dypo_data.grading import VerifierConfig, VerifierPool
 from dypo_data.grading.classes import answer_classes
 from dypo_data.prompts import PromptSource, load_prompts
-from dypo_data.store import ShardWriter, connect
+from dypo_data.store import ShardWriter, reading
 from dypo_data.store.queries import stored_prompt_ids
 from dypo_train.config import EvalConfig
 from dypo_train.online.rollouts import grade_rows, sample_rows
@@ -126,11 +126,8 @@ class PeriodicEval:
 
     def _store_prompts(self, tables: list[pa.Table]) -> None:
         """Store the problems the store lacks."""
-        con = connect(self.root)
-        try:
+        with reading(self.root) as con:
             known = stored_prompt_ids(con, sorted({pid for t in tables for pid in t["prompt_id"].to_pylist()}))
-        finally:
-            con.close()
         writer = ShardWriter(self.root, self.run_id)
         for table in tables:
             new = [i for i, pid in enumerate(table["prompt_id"].to_pylist()) if pid not in known]

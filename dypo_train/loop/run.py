@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dypo_data.errors import ConfigError, InputError
-from dypo_data.store import open_store
+from dypo_data.store import check_writable, open_store
 from dypo_train.config import TrainConfig, build, flatten, parse_override
 from dypo_train.loop.checkpoint import latest_checkpoint
 from dypo_train.loop.offline import OfflineSource
@@ -121,7 +121,7 @@ def check_inputs(cfg: TrainConfig) -> OfflineSource | None:
     teachers as it is built; it is returned for the run to use (the caller closes it)."""
     if not cfg.data.store:
         raise ConfigError("data.store is not set", "pass --store DIR (a store made by dypo-data)")
-    open_store(cfg.data.store)
+    check_writable(open_store(cfg.data.store))  # metrics, online rollouts and evals are written into it
     if cfg.eval.every:
         from dypo_train.eval import parse_sets
 

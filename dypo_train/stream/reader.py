@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dypo_data.errors import InputError
-from dypo_data.store import connect, open_store
+from dypo_data.store import connect, naming_damaged_shards, open_store
 from dypo_data.store.queries import fetch_arrow
 from dypo_train.stream.types import PromptGroup, Rollout, TeacherTrace
 
@@ -69,7 +69,8 @@ class StoreStream:
         self.con = connect(self.root)
         self.seed = seed
         self.prompt_split = prompt_split  # prompt units: only prompts of this split ('' for all)
-        self.plan = self._plan(unit_kind, rollout_model, teachers or [], max_teachers)
+        with naming_damaged_shards(self.root):
+            self.plan = self._plan(unit_kind, rollout_model, teachers or [], max_teachers)
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -133,7 +134,11 @@ class StoreStream:
         return step / self.steps_per_epoch(batch_size)
 
     def read(self, units: list[Unit]) -> list[PromptGroup]:
-        """The prompt groups of `units`, in the order given."""
+        """The prompt groups of `units`, in the order given (a damaged shard is named, see dypo_data.store.damage)."""
+        with naming_damaged_shards(self.root):
+            return self._read_groups(units)
+
+    def _read_groups(self, units: list[Unit]) -> list[PromptGroup]:
         if self.plan.unit_kind == "group":
             rollouts = fetch_arrow(self.con, _ROLLOUTS, [units]).to_pylist()
             by_group: dict[str, list[dict]] = {}

@@ -13,23 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cli_run import assert_one_line_error, run
+
 from dypo_data.store import read_table
-
-
-def run(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DYPO_CACHE=str(cache), VLLM_CPU_KVCACHE_SPACE="1")
-    return subprocess.run([sys.executable, "-m", "dypo_data.cli.main", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    """The error is the last line on stderr (progress bars of earlier steps may precede it)."""
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    err = result.stderr.strip().splitlines()[-1]
-    assert err.startswith("error:"), result.stderr
-    for fragment in fragments:
-        assert fragment in err, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +116,46 @@ def test_read_only_store(tmp_path, cache, problems):
 def test_no_model_named(tmp_path, cache, problems):
     assert_one_line_error(run("generate", "--store", str(tmp_path / "st"), "--prompts", str(problems), cache=cache),
                           "--teacher")
+
+
+@pytest.mark.parametrize("command", [["stats"], ["verify"], ["sql", "SELECT 1"], ["generate", "--policy", "tiny"]])
+def test_store_that_is_a_file(tmp_path, cache, command):
+    store = tmp_path / "store.parquet"
+    store.write_text("not a directory")
+    r = run(*command[:1], "--store", str(store), *command[1:], cache=cache)
+    assert_one_line_error(r, str(store), "is a file, not a directory", "--store")
+
+
+def test_missing_gold_answer_fix_names_the_flag(tmp_path, cache):
+    bad = tmp_path / "nogold.jsonl"
+    bad.write_text('{"problem": "1+1", "answer": "2"}\n{"problem": "2+2"}\n')
+    for command in (["import", str(bad)], ["generate", "--prompts", str(bad), "--policy", "tiny"]):
+        r = run(*command, "--store", str(tmp_path / "st"), cache=cache)
+        assert_one_line_error(r, "nogold.jsonl", "--skip-missing-answer")
+    # the flag does what the fix says, in both commands
+    r = run("import", str(bad), "--store", str(tmp_path / "st"), "--skip-missing-answer", cache=cache)
+    assert r.returncode == 0, r.stderr
+    assert read_table(tmp_path / "st", "prompts").num_rows == 1
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--backend", "openai", "--base-url", "notaurl"], ["notaurl", "--base-url http://"]),
+    (["-k", "0"], ["-k 0", "pass -k 1 or more"]),
+    (["--max-tokens", "0"], ["max_tokens=0", "--max-tokens"]),
+])
+def test_bad_generation_flags_name_the_fix(tmp_path, cache, problems, flags, fragments):
+    r = run("generate", "--store", str(tmp_path / "st"), "--prompts", str(problems), "--policy", "p=tiny", *flags,
+            cache=cache)
+    err = assert_one_line_error(r, *fragments)
+    assert "(fix: " in err
+    assert not (tmp_path / "st" / "traces").exists()
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_verify_limit_below_one(tmp_path, cache, limit):
+    from store_factory import build_store
+
+    store = build_store(tmp_path / "st")
+    r = run("verify", "--store", str(store.root), "--limit", limit, cache=cache)
+    assert_one_line_error(r, f"limit={limit}", "--limit")
+    assert len(read_table(store.root, "verdicts")) == len(store.verdicts)  # nothing written

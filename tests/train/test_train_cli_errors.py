@@ -120,3 +120,36 @@ def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
 
 def test_type_error_in_set(store, tiny_model_dir, tmp_path):
     assert_one_line_error(run(store.root, tiny_model_dir, tmp_path / "out", "run.max_steps=abc"), "run.max_steps")
+
+
+@pytest.fixture
+def read_only_store(store, tmp_path):
+    """The store seen through a read-only bind mount (root), or a directory without write permission."""
+    import os
+    import subprocess
+
+    view = tmp_path / "ro-store"
+    shutil.copytree(store.root, tmp_path / "copy")
+    if os.geteuid() != 0:
+        (tmp_path / "copy").chmod(0o500)
+        yield tmp_path / "copy"
+        (tmp_path / "copy").chmod(0o700)
+        return
+    view.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(tmp_path / "copy"), str(view)], capture_output=True).returncode == 0
+    if not mounted or subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], capture_output=True).returncode != 0:
+        if mounted:
+            subprocess.run(["umount", str(view)])
+        pytest.skip("cannot make a read-only bind mount here")
+    try:
+        yield view
+    finally:
+        subprocess.run(["umount", str(view)])
+
+
+def test_read_only_store_stops_before_training(read_only_store, tiny_model_dir, tmp_path):
+    """Metrics are saved into the store: a store that cannot take them stops the run before its first step."""
+    r = run(read_only_store, tiny_model_dir, tmp_path / "out")
+    assert_one_line_error(r, "not writable", str(read_only_store))
+    assert "step 1" not in r.stdout
+    assert_nothing_trained(tmp_path / "out")
