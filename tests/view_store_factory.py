@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import datetime as dt
 import json
 import math
@@ -264,3 +266,9 @@ def _write_large_eval(writer: ShardWriter) -> None:
                for bench in ("math500", "aime24") for i, version in enumerate(("base", "100", "200"))
                for metric in ("avg@4", "pass@1", "maj@4")]
     writer.write("eval_results", pa.Table.from_pylist(results, schema=EVAL_RESULTS))
+
+
+def store_digest(root: Path) -> dict[str, str]:
+    """Every file under the store with the SHA-256 of its bytes."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}

@@ -51,6 +51,7 @@ def save_checkpoint(accelerator: Any, model: Any, tokenizer: Any, run_dir: Path,
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp / "state"))
         state_dict = accelerator.get_state_dict(model)  # collective under FSDP / ZeRO-3: every process calls it
+        accelerator.wait_for_everyone()  # every rank's state/ files are written before the directory is renamed
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
             unwrapped.save_pretrained(tmp / "model", state_dict=state_dict)

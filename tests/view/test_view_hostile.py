@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import store_digest
+from view_store_factory import store_digest
 
 HOSTILE = [
     ("/groups?tier=hard%27%20OR%201%3D1--", 400),
