@@ -12,9 +12,8 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import datetime as dt
+import hashlib
 import json
 import math
 import random
