@@ -64,14 +64,17 @@ def run(args: list[str], log: Path, *, cores: tuple[int, ...] | None = None) -> 
     return seconds
 
 
-def sql_rows(store: Path, query: str, log: Path) -> list[dict]:
-    """Rows of a read-only query on a store, through `dypo-data sql --json`."""
-    out = log.parent / f".sql-{os.getpid()}.jsonl"
+def store_rows(store: Path, query: str, params: list | None = None) -> list[dict]:
+    """Rows of a read-only query (`?` parameters) over a store's views, as dicts."""
+    from dypo_data.store.views import connect
+
+    con = connect(store)
     try:
-        run([tool("dypo-data"), "sql", "--store", str(store), query, "--out", str(out), "--max-rows", "0"], log)
-        return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
+        cur = con.execute(query, params or [])
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
     finally:
-        out.unlink(missing_ok=True)
+        con.close()
 
 
 def done(marker: Path) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,15 +32,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                flags = Path("/proc/cpuinfo").read_text()
-                isa = "AMX" if "amx_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "other"
-                return f"{line.split(':', 1)[1].strip()} ({isa}, {os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    """The CPU as the toolkit's engine planner sees it (model name, ISA level, native bf16, cores)."""
+    from dypo_data.backends.cpu import detect_cpu
+
+    return detect_cpu().describe()
 
 
 def load_results(lay: Layout) -> list[dict]:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from commands import CommandFailed, run, tool
+from commands import CommandFailed, run, store_rows, tool
 from settings import METHODS, TEACHER_COMPACT, TEACHER_NOISY, TEACHER_WORKED, Method, Variant
 from stages import NO_INSTRUCTION, Layout
 
@@ -89,7 +89,7 @@ def run_one(spec: RunSpec, v: Variant, lay: Layout, policy: Path, cores: tuple[i
             shutil.copytree(lay.base_store, store)
             args = train_args(spec, v, lay, policy, store)
         seconds += run(args, log, cores=cores)
-    result = extract(spec, store, log)
+    result = extract(spec, store)
     result["wall_seconds"] = seconds
     lay.results.mkdir(parents=True, exist_ok=True)
     tmp = result_file.with_name(f".tmp-{result_file.name}")
@@ -98,26 +98,15 @@ def run_one(spec: RunSpec, v: Variant, lay: Layout, policy: Path, cores: tuple[i
     return result
 
 
-def extract(spec: RunSpec, store: Path, log: Path) -> dict:
+def extract(spec: RunSpec, store: Path) -> dict:
     """One run's evaluation, per-step dynamics and compute, read from its store (named queries, no user values)."""
-    from dypo_data.store.views import connect
-
-    con = connect(store)
-    try:
-        def rows(query: str, params: list) -> list[dict]:
-            cur = con.execute(query, params)
-            cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, r)) for r in cur.fetchall()]
-
-        evals = rows("SELECT policy_version, benchmark, metric, value, low, high, k FROM eval_results "
-                     "WHERE model = ? AND (metric LIKE 'avg@%' OR metric LIKE 'pass@%') "
-                     "ORDER BY benchmark, metric, TRY_CAST(policy_version AS INT)", [spec.name])
-        dynamics = rows("SELECT step, name, value FROM train_metrics WHERE run_id = ? AND list_contains(?, name) "
-                        "ORDER BY step, name", [spec.name, list(DYNAMICS_METRICS)])
-        compute = rows("SELECT count(*) AS rollouts, CAST(coalesce(sum(num_tokens), 0) AS BIGINT) AS rollout_tokens "
-                       "FROM traces WHERE role = 'policy'", [])
-    finally:
-        con.close()
+    evals = store_rows(store, "SELECT policy_version, benchmark, metric, value, low, high, k FROM eval_results "
+                              "WHERE model = ? AND (metric LIKE 'avg@%' OR metric LIKE 'pass@%') "
+                              "ORDER BY benchmark, metric, TRY_CAST(policy_version AS INT)", [spec.name])
+    dynamics = store_rows(store, "SELECT step, name, value FROM train_metrics WHERE run_id = ? AND list_contains(?, name) "
+                                 "ORDER BY step, name", [spec.name, list(DYNAMICS_METRICS)])
+    compute = store_rows(store, "SELECT count(*) AS rollouts, CAST(coalesce(sum(num_tokens), 0) AS BIGINT) AS rollout_tokens "
+                                "FROM traces WHERE role = 'policy'")
     trained = sum(r["value"] for r in dynamics if r["name"] == "perf/tokens")
     return {"method": spec.method, "lr": spec.lr, "seed": spec.seed, "name": spec.name, "eval": evals,
             "dynamics": dynamics, "rollouts": compute[0]["rollouts"], "rollout_tokens": compute[0]["rollout_tokens"],

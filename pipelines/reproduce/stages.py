@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from commands import done, mark_done, run, sql_rows, tool
+from commands import done, mark_done, run, store_rows, tool
 from settings import TEACHER_COMPACT, TEACHER_NOISY, TEACHER_WORKED, TinyArch, Variant
 
 NO_INSTRUCTION = ""  # the tiny models see the bare problem: the same text in training, generation and evaluation
@@ -190,10 +190,10 @@ def teacher_traces(v: Variant, lay: Layout, models: dict[str, Path]) -> dict:
          "--temperature", str(v.teacher_temperature), "--max-tokens", str(v.max_tokens), "--kv-cache-gib", "0.5",
          "--dtype", "float32", "--quiet"], log)
     run([tool("dypo-data"), "verify", "--store", store, "--quiet"], log)
-    rows = sql_rows(lay.base_store, "SELECT model, count(*) AS traces, avg(CAST(correct AS DOUBLE)) AS accuracy, "
+    rows = store_rows(lay.base_store, "SELECT model, count(*) AS traces, avg(CAST(correct AS DOUBLE)) AS accuracy, "
                                     "count(DISTINCT prompt_id) FILTER (WHERE correct) AS prompts_covered "
-                                    "FROM scored_traces WHERE role = 'teacher' GROUP BY model ORDER BY model", log)
-    pool = sql_rows(lay.base_store, "SELECT count(DISTINCT prompt_id) AS prompts FROM teacher_pool", log)
+                                    "FROM scored_traces WHERE role = 'teacher' GROUP BY model ORDER BY model")
+    pool = store_rows(lay.base_store, "SELECT count(DISTINCT prompt_id) AS prompts FROM teacher_pool")
     info = {"teachers": rows, "pool_prompts": pool[0]["prompts"] if pool else 0, "train_prompts": v.n_train}
     mark_done(marker, info)
     return info
