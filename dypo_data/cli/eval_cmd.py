@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -12,6 +11,7 @@ import typer
 from rich.table import Table
 
 from dypo_data.cli.common import field_help, out_console, parse_pairs, reporting, setup_logging, show_progress
+from dypo_data.contracts import split_named_path
 from dypo_data.errors import ConfigError, InputError
 from dypo_data.prompts import DEFAULT_INSTRUCTION
 
@@ -28,9 +28,7 @@ def parse_prompt_sets(args: list[str], *, fmt: str, columns: list[str] | None) -
     colmap = parse_pairs(columns, "--column")
     out = []
     for arg in args:
-        name, sep, path = arg.partition("=")
-        if not sep or os.path.exists(arg):
-            name, path = "", arg
+        name, path = split_named_path(arg)
         p = Path(path).expanduser()
         if not p.exists():
             raise InputError(f"prompt set {path} does not exist",
@@ -67,9 +65,7 @@ def eval_models(models: list[str], runs: list[str], steps: str | None, spec_fiel
         out.append(EvalModel(ModelSpec(name=name, path=path, **spec_fields)))
     wanted = parse_steps(steps)
     for arg in runs:
-        name, sep, run_dir = arg.partition("=")
-        if not sep or os.path.exists(arg):
-            name, run_dir = "", arg
+        name, run_dir = split_named_path(arg)
         name = name or Path(run_dir).expanduser().resolve().name
         for ckpt in run_checkpoints(run_dir, wanted):
             out.append(EvalModel(ModelSpec(name=name, path=str(ckpt.path), **spec_fields), policy_version=str(ckpt.step)))

@@ -1,6 +1,8 @@
 """On-disk contracts: table schemas, statuses and stable ids. Depends on stdlib and pyarrow only."""
 
-from dypo_data.contracts.ids import group_id, prompt_id, settings_hash, stable_hash, trace_id, verdict_id
+from dypo_data.contracts.ids import (
+    group_id, prompt_id, settings_hash, split_named_path, stable_hash, trace_id, verdict_id,
+)
 from dypo_data.contracts.schemas import (
     EVAL_RESULTS,
     PROMPTS,
@@ -24,6 +26,7 @@ __all__ = [
     "group_id",
     "prompt_id",
     "settings_hash",
+    "split_named_path",
     "stable_hash",
     "trace_id",
     "verdict_id",

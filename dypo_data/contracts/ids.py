@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from typing import Any
 
@@ -47,3 +48,12 @@ def trace_id(
 
 def verdict_id(trace_id: str, verifier_settings_hash: str) -> str:
     return stable_hash("verdict", trace_id, verifier_settings_hash)
+
+
+def split_named_path(arg: str) -> tuple[str, str]:
+    """`[NAME=]PATH` -> (NAME or "", PATH): the name a file or directory is stored under (a benchmark, a model,
+    a run). An argument that exists as a path is a path even when it holds "=" (e.g. `runs/lr=1e-3`)."""
+    name, sep, path = arg.partition("=")
+    if not sep or os.path.exists(os.path.expanduser(arg)):
+        return "", arg
+    return name, path

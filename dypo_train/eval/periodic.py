@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow as pa
 
 from dypo_data.backends import SamplingConfig
-from dypo_data.contracts import EVAL_RESULTS, TRACES, VERDICTS
+from dypo_data.contracts import EVAL_RESULTS, TRACES, VERDICTS, split_named_path
 from dypo_data.contracts.rows import eval_result_rows, eval_settings, trace_settings
 from dypo_data.errors import ConfigError, InputError
 from dypo_data.evaluation.summary import MetricValue, default_pass_at, problem_samples, summarize, voting_answers
@@ -68,9 +68,7 @@ def parse_sets(specs: list[str]) -> list[tuple[str, str]]:
     """`[NAME=]FILE` -> (name, path); the name defaults to the file's stem."""
     out = []
     for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or Path(spec).exists():
-            name, path = "", spec
+        name, path = split_named_path(spec)
         p = Path(path).expanduser()
         if not p.exists():
             raise InputError(f"eval.prompts: {path} does not exist",

@@ -11,6 +11,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from diagnosis import diagnosis_statements, diagnosis_table, draw_diagnosis
+from report_stats import band, compare, curve, fmt, mean_std, values
 from runs import final_metric
 from settings import ABLATIONS, DYNAMICS, MAIN, Variant
 
@@ -21,33 +23,6 @@ CURVES = (("tier/offline_ratio", "offline-data ratio (share of prompts routed to
           ("tier/easy", "easy groups per step"))
 
 
-def mean_std(values: list[float]) -> tuple[float, float, int]:
-    """Mean, sample standard deviation (0 for one value) and count of the finite values."""
-    vals = [x for x in values if not math.isnan(x)]
-    if not vals:
-        return math.nan, math.nan, 0
-    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals)
-
-
-def fmt(values: list[float]) -> str:
-    m, s, n = mean_std(values)
-    if n == 0:
-        return "n/a"
-    return f"{m:.3f} ± {s:.3f}" if n > 1 else f"{m:.3f}"
-
-
-def compare(a: list[float], b: list[float]) -> str:
-    """'higher' / 'lower' when the mean +- std ranges of a and b do not overlap, else 'no clear difference'."""
-    (ma, sa, na), (mb, sb, nb) = mean_std(a), mean_std(b)
-    if na == 0 or nb == 0:
-        return "not measured"
-    if ma - sa > mb + sb:
-        return "higher"
-    if ma + sa < mb - sb:
-        return "lower"
-    return "no clear difference"
-
-
 def by_method(results: list[dict], best: dict[str, float]) -> dict[str, list[dict]]:
     """The runs at each method's chosen learning rate (all seeds)."""
     out: dict[str, list[dict]] = defaultdict(list)
@@ -55,14 +30,6 @@ def by_method(results: list[dict], best: dict[str, float]) -> dict[str, list[dic
         if best.get(r["method"]) == r["lr"]:
             out[r["method"]].append(r)
     return out
-
-
-def curve(result: dict, name: str) -> list[tuple[int, float]]:
-    return sorted((int(r["step"]), float(r["value"])) for r in result["dynamics"] if r["name"] == name)
-
-
-def _values(runs: list[dict], benchmark: str, metric: str) -> list[float]:
-    return [final_metric(r, benchmark, metric) for r in runs]
 
 
 def accuracy_table(methods: tuple[str, ...], chosen: dict[str, list[dict]], best: dict[str, float], v: Variant) -> list[str]:
@@ -76,9 +43,9 @@ def accuracy_table(methods: tuple[str, ...], chosen: dict[str, list[dict]], best
             lines.append(f"| {m} | n/a | not run | | | | | 0 | | | |")
             continue
         lines.append(
-            f"| {m} | {best[m]:g} | {fmt(_values(runs, 'test', avg))} | {fmt(_values(runs, 'ood', avg))} | "
-            f"{fmt(_values(runs, 'test', 'avg@1'))} | {fmt(_values(runs, 'ood', 'avg@1'))} | "
-            f"{fmt(_values(runs, 'val', avg))} | {len(runs)} | "
+            f"| {m} | {best[m]:g} | {fmt(values(runs, 'test', avg))} | {fmt(values(runs, 'ood', avg))} | "
+            f"{fmt(values(runs, 'test', 'avg@1'))} | {fmt(values(runs, 'ood', 'avg@1'))} | "
+            f"{fmt(values(runs, 'val', avg))} | {len(runs)} | "
             f"{statistics.fmean(r['rollouts'] for r in runs):,.0f} | {statistics.fmean(r['tokens_trained'] for r in runs):,.0f} | "
             f"{statistics.fmean(r['wall_seconds'] for r in runs):.0f} |")
     return lines
@@ -98,19 +65,6 @@ def lr_table(results: list[dict], methods: tuple[str, ...], v: Variant) -> list[
     return lines
 
 
-def _band(ax, runs: list[dict], name: str, label: str) -> None:
-    series = [curve(r, name) for r in runs if curve(r, name)]
-    if not series:
-        return
-    steps = sorted({s for c in series for s, _ in c})
-    table = [[dict(c).get(s, math.nan) for c in series] for s in steps]
-    means = [mean_std(row)[0] for row in table]
-    stds = [mean_std(row)[1] for row in table]
-    line, = ax.plot(steps, means, label=label)
-    ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                    color=line.get_color(), alpha=0.2)
-
-
 def draw_figures(out: Path, results: list[dict], chosen: dict[str, list[dict]], v: Variant) -> None:
     import matplotlib
 
@@ -120,7 +74,7 @@ def draw_figures(out: Path, results: list[dict], chosen: dict[str, list[dict]], 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for ax, (name, title) in zip(axes.flat, CURVES):
         for m in DYNAMICS:
-            _band(ax, chosen.get(m, []), name, m)
+            band(ax, chosen.get(m, []), name, m)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
@@ -147,7 +101,7 @@ def draw_figures(out: Path, results: list[dict], chosen: dict[str, list[dict]], 
     fig, axes = plt.subplots(1, 2, figsize=(14, 5))
     for ax, bench in zip(axes, ("test", "ood")):
         names = [m for m in v.methods if chosen.get(m)]
-        stats = [mean_std(_values(chosen[m], bench, avg)) for m in names]
+        stats = [mean_std(values(chosen[m], bench, avg)) for m in names]
         ax.bar(range(len(names)), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=3)
         ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
         ax.set_title(f"{'in-distribution' if bench == 'test' else 'out-of-distribution'} {avg} (T=0.6), mean ± std over seeds")
@@ -200,7 +154,7 @@ def conclusion(chosen: dict[str, list[dict]], v: Variant) -> list[str]:
             for m in group:
                 if m == "dypo" or not chosen.get(m) or not dypo:
                     continue
-                parts.append(f"{m}: DYPO {compare(_values(dypo, bench, avg), _values(chosen[m], bench, avg))}")
+                parts.append(f"{m}: DYPO {compare(values(dypo, bench, avg), values(chosen[m], bench, avg))}")
             if parts:
                 out.append(f"- DYPO vs each {label}, {what} ({avg}, mean ± std over seeds must not overlap to count): "
                            + "; ".join(parts) + ".")
@@ -215,8 +169,10 @@ def write_report(out: Path, results: list[dict], best: dict[str, float], v: Vari
     lines = [
         "# DYPO at CPU scale: a fair comparison with its baselines",
         "",
-        f"Generated by `python pipelines/reproduce/reproduce.py --variant {v.name}` on {context.get('machine', 'unknown CPU')} "
-        f"({context.get('minutes', 0):.0f} min). Every number below is computed from `results/*.json`.",
+        f"Generated by `python pipelines/reproduce/reproduce.py --variant {v.name}` on {context.get('machine', 'unknown CPU')}: "
+        f"{len(results)} runs, {sum(r['wall_seconds'] for r in results) / 60:.0f} min of training and evaluation in "
+        "total (summed over runs, which went two at a time on their own cores; teachers and warm start not "
+        "counted). Every number below is computed from `results/*.json`.",
         "",
         "## Setup",
         "",
@@ -249,8 +205,16 @@ def write_report(out: Path, results: list[dict], best: dict[str, float], v: Vari
               "## Methods", "", *accuracy_table(MAIN, chosen, best, v), "", "![accuracy](accuracy.png)", "",
               "## Ablations", "", *accuracy_table(ABLATIONS, chosen, best, v), "",
               "## Learning-rate robustness", "", *lr_table(results, v.methods, v), "", "![lr](lr_robustness.png)", "",
-              "## Dynamics", "", "![dynamics](dynamics.png)", "",
-              "## Conclusion", "", *conclusion(chosen, v), ""]
+              "## Dynamics", "", "![dynamics](dynamics.png)", ""]
+    if draw_diagnosis(out, chosen):
+        lines += ["## Diagnosis: DYPO's gradient norm", "",
+                  "DYPO's pre-clip gradient norm runs far above GRPO's. Three runs separate the causes: `dypo-no-gal` "
+                  "(no GAL), `dypo-gal-0.01` (GAL added at 0.01 beside the RL term at alpha, the public code's form, "
+                  "instead of 1 - alpha) and `dypo-no-clip` (no gradient clipping), each with the same "
+                  "learning-rate search and seeds as every method.", "",
+                  *diagnosis_table(chosen, best, v), "", "![diagnosis](diagnosis.png)", "",
+                  *diagnosis_statements(chosen, v), ""]
+    lines += ["## Conclusion", "", *conclusion(chosen, v), ""]
     report = out / "REPORT.md"
     report.write_text("\n".join(lines), encoding="utf-8")
     return report

@@ -79,8 +79,7 @@ def experiment(v: Variant, lay: Layout, report_dir: Path, jobs: int, report_only
     else:
         marker = lay.markers / "teacher-traces.json"
         context["teachers"] = json.loads(marker.read_text()) if marker.is_file() else {}
-    context["minutes"] = (time.perf_counter() - start) / 60
-    print("== 6/6 report", flush=True)
+    print(f"== 6/6 report ({(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
     results = load_results(lay)
     return write_report(report_dir, results, choose_rates(results, v), v, context)
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from commands import CommandFailed, run, store_rows, tool
-from settings import METHODS, TEACHER_COMPACT, TEACHER_NOISY, TEACHER_WORKED, Method, Variant
+from settings import ALL_METHODS, TEACHER_COMPACT, TEACHER_NOISY, TEACHER_WORKED, Method, Variant
 from stages import NO_INSTRUCTION, Layout
 
-METHOD_BY_NAME = {m.name: m for m in METHODS}
+METHOD_BY_NAME = {m.name: m for m in ALL_METHODS}
 DYNAMICS_METRICS = ("tier/offline_ratio", "tier/easy", "tier/mid", "tier/hard", "reward/mean", "policy/entropy",
                     "grad/norm", "loss/total", "perf/tokens", "route/sft", "route/rl", "route/skipped")
 
@@ -147,10 +147,16 @@ class Scheduler:
         self.lock = threading.Lock()
 
     def run_all(self, specs: list[RunSpec], label: str) -> list[dict]:
-        todo = list(specs)
         results: dict[str, dict] = {}
+        for spec in specs:  # finished on an earlier invocation: not run, not counted in the rate
+            result_file = self.lay.results / f"{spec.name}.json"
+            if result_file.is_file():
+                results[spec.name] = json.loads(result_file.read_text())
+        todo = [s for s in specs if s.name not in results]
+        if results:
+            print(f"  [{label}] {len(results)} of {len(specs)} runs finished earlier; {len(todo)} to run", flush=True)
         errors: list[str] = []
-        start, finished = time.perf_counter(), 0
+        start, finished, total = time.perf_counter(), 0, len(todo)
 
         def worker() -> None:
             nonlocal finished
@@ -170,8 +176,8 @@ class Scheduler:
                 with self.lock:
                     finished += 1
                     elapsed = time.perf_counter() - start
-                    eta = elapsed / finished * (len(specs) - finished)
-                    print(f"  [{label} {finished}/{len(specs)}] {spec.name} done; {elapsed / 60:.1f} min so far, "
+                    eta = elapsed / finished * (total - finished)
+                    print(f"  [{label} {finished}/{total}] {spec.name} done; {elapsed / 60:.1f} min so far, "
                           f"~{eta / 60:.1f} min left", flush=True)
 
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(self.jobs)]

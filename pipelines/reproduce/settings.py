@@ -8,7 +8,7 @@ Three variants share every stage and differ only in size:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,18 @@ METHODS: tuple[Method, ...] = (
     Method("dypo-one-teacher", "dypo-one-teacher"),
     Method("dypo-no-grading", "dypo-no-grading"),
 )
+COMPARED = tuple(m.name for m in METHODS)
+# The diagnosis of DYPO's gradient norm (full variant): its pre-clip norm is ~50x GRPO's. Which term carries it
+# (GAL sums log-ratios over a whole completion where GRPO averages tokens), and does the clip hold DYPO back?
+DIAGNOSIS_METHODS: tuple[Method, ...] = (
+    Method("dypo-gal-0.01", "dypo", sets=("loss.gal_mode=additive", "loss.gal_coef=0.01")),  # GAL at 1/50 of RL
+    Method("dypo-no-clip", "dypo", sets=("optim.max_grad_norm=0",)),
+)
+ALL_METHODS = METHODS + DIAGNOSIS_METHODS
 MAIN = ("dypo", "sft", "grpo", "sft-then-grpo", "static-mix", "luffy")
 ABLATIONS = ("dypo", "dypo-no-gal", "dypo-one-teacher", "dypo-no-grading")
 DYNAMICS = ("dypo", "grpo", "sft-then-grpo")  # the methods whose per-step curves the report overlays
+DIAGNOSIS = ("dypo", "grpo", "dypo-no-gal", *(m.name for m in DIAGNOSIS_METHODS))
 
 # Teachers: names sort in this order, so the one-teacher ablation (the first teacher by name) keeps t1.
 TEACHER_WORKED, TEACHER_COMPACT, TEACHER_NOISY = "t1-worked", "t2-compact", "t3-noisy"
@@ -85,7 +94,7 @@ class Variant:
     seeds: int
     eval_every: int
     eval_k: int
-    methods: tuple[str, ...] = field(default_factory=lambda: tuple(m.name for m in METHODS))
+    methods: tuple[str, ...] = COMPARED
 
     def describe(self) -> dict:
         return asdict(self)
@@ -100,13 +109,16 @@ FULL = Variant(
     policy_arch=TinyArch(2, 128, 256), warm_steps=300, warm_lr=2e-3, warm_batch=32,
     k=8, max_tokens=200, prompts_per_step=8, steps=60,
     lrs=(3e-4, 1e-3, 3e-3), seeds=3, eval_every=20, eval_k=4,
+    methods=COMPARED + tuple(m.name for m in DIAGNOSIS_METHODS),
 )
-QUICK = replace(FULL, name="quick", teacher_steps=500, noisy_steps=100, warm_steps=200, steps=30, lrs=(1e-3,), seeds=1,
-                eval_every=15)
+# quick: one seed at the rate the full run chose for most methods (3e-4; sft and static-mix chose 1e-3)
+QUICK = replace(FULL, name="quick", teacher_steps=500, noisy_steps=100, warm_steps=200, steps=30, lrs=(3e-4,), seeds=1,
+                eval_every=15, methods=COMPARED)
 SMOKE = replace(
     FULL, name="smoke", n_teacher=64, n_warm=32, n_train=32, n_val=8, n_test=8, n_ood=8,
     teacher_arch=TinyArch(2, 64, 128), teacher_steps=4, noisy_steps=2, teacher_batch=16,
     policy_arch=TinyArch(2, 64, 128), warm_steps=2, warm_batch=16,
     m=1, k=4, max_tokens=48, prompts_per_step=2, steps=2, lrs=(1e-3,), seeds=1, eval_every=2, eval_k=2,
+    methods=COMPARED,
 )
 VARIANTS = {v.name: v for v in (FULL, QUICK, SMOKE)}

@@ -10,9 +10,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "pipelines" / "reproduce"))
 
-from report import compare, mean_std  # noqa: E402
-from runs import RunSpec, best_lr, final_metric  # noqa: E402
-from settings import METHODS, VARIANTS  # noqa: E402
+from diagnosis import diagnosis_statements, diagnosis_table, median_norm, window_reward  # noqa: E402
+from report_stats import compare, mean_std  # noqa: E402
+from runs import METHOD_BY_NAME, RunSpec, best_lr, final_metric  # noqa: E402
+from settings import DIAGNOSIS, METHODS, VARIANTS  # noqa: E402
 
 
 def _result(lr: float, val: float, greedy: float, *, steps: tuple[int, ...] = (10, 20)) -> dict:
@@ -62,8 +63,51 @@ def test_every_variant_runs_every_method_with_the_same_budget():
     assert names == {"dypo", "sft", "grpo", "sft-then-grpo", "static-mix", "luffy", "dypo-no-gal",
                      "dypo-one-teacher", "dypo-no-grading"}
     for v in VARIANTS.values():
-        assert set(v.methods) == names
+        assert names <= set(v.methods) <= set(METHOD_BY_NAME)
+        assert set(v.methods) - names == (set(DIAGNOSIS) - names if v.name == "full" else set())
         assert v.n_val and v.n_test and v.n_ood and v.eval_k >= 2  # avg@1 is the greedy metric only
     full = VARIANTS["full"]
     assert len(full.lrs) >= 3 and full.seeds >= 3
     assert RunSpec("dypo", 1e-3, 2).name == "dypo-lr0.001-s2"
+
+
+def _diag_run(norms: list[float], rewards: list[float], test: float) -> dict:
+    dynamics = [{"step": i + 1, "name": "grad/norm", "value": n} for i, n in enumerate(norms)]
+    dynamics += [{"step": i + 1, "name": "reward/mean", "value": r} for i, r in enumerate(rewards)]
+    evals = [{"benchmark": b, "metric": "avg@4", "policy_version": "30", "value": test} for b in ("test", "ood")]
+    return {"dynamics": dynamics, "eval": evals, "lr": 3e-4}
+
+
+def test_median_norm_leaves_out_steps_that_trained_nothing():
+    assert median_norm(_diag_run([0.0, 2.0, 0.0, 4.0, 9.0], [], 0.5)) == 4.0  # median of 2, 4, 9
+    assert math.isnan(median_norm(_diag_run([0.0, 0.0], [], 0.5)))
+
+
+def test_window_reward_means_the_first_and_last_steps():
+    r = _diag_run([], [0.0] * 10 + [1.0] * 10, 0.5)
+    assert window_reward(r, True) == 0.0 and window_reward(r, False) == 1.0
+    assert window_reward(r, True, n=20) == 0.5
+
+
+def test_diagnosis_names_the_term_that_carries_the_norm_from_the_numbers():
+    v = VARIANTS["full"]
+    big, small = [100.0, 120.0, 80.0], [2.0, 3.0, 1.0]
+    chosen = {
+        "dypo": [_diag_run(big, [0.3] * 20, 0.90), _diag_run(big, [0.3] * 20, 0.92)],
+        "grpo": [_diag_run(small, [0.6] * 20, 0.99), _diag_run(small, [0.6] * 20, 0.98)],
+        "dypo-no-gal": [_diag_run(small, [0.5] * 20, 0.97)] * 2,
+        "dypo-gal-0.01": [_diag_run(small, [0.6] * 20, 0.99), _diag_run(small, [0.6] * 20, 0.98)],
+        "dypo-no-clip": [_diag_run(big, [0.3] * 20, 0.91)] * 2,
+    }
+    text = "\n".join(diagnosis_statements(chosen, v))
+    assert "norm is 100.0, 50x GRPO's (2.00)" in text and "GAL carries it" in text
+    assert "GAL at 0.01 vs DYPO: higher; vs GRPO: no clear difference" in text
+    assert "Without clipping vs DYPO: no clear difference" in text
+    chosen["dypo-no-gal"] = chosen["dypo"]  # the norm stays without GAL: GAL is not the cause
+    assert "GAL does not explain it alone" in "\n".join(diagnosis_statements(chosen, v))
+    best = {m: 3e-4 for m in DIAGNOSIS}
+    table = diagnosis_table(chosen, best, v)
+    assert len(table) == 2 + len(DIAGNOSIS) and table[2].startswith("| dypo | 0.0003 | 100.000 ± 0.000 |")
+    del chosen["dypo-no-clip"]
+    assert diagnosis_statements(chosen, v) == []  # a missing run: no statement rather than a half one
+    assert "| dypo-no-clip | n/a | not run |" in "\n".join(diagnosis_table(chosen, best, v))
