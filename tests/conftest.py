@@ -67,3 +67,9 @@ def smollm2_dir(smollm2_cache):
     from dypo_data.models.embedded import embedded_model_dir
 
     return embedded_model_dir(smollm2_cache)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A model cache directory per test module (tiny models are built into it on first use)."""
+    return tmp_path_factory.mktemp("cache")

@@ -89,11 +89,6 @@ def store_hashes(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
 def math6(tmp_path_factory) -> Path:
     source = BENCHMARKS / "math500.jsonl"
     if not source.is_file():

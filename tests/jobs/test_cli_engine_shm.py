@@ -16,11 +16,6 @@ from cli_run import run, start
 RECORDS = Path("/dev/shm/dypo-engines")
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
 def test_segments_of_a_killed_engine_are_removed_by_the_next_one(tmp_path, cache):
     problems = tmp_path / "problems.jsonl"

@@ -18,11 +18,6 @@ from cli_run import assert_one_line_error, run
 from dypo_data.store import read_table
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
 @pytest.fixture
 def problems(tmp_path) -> Path:
     path = tmp_path / "p.jsonl"

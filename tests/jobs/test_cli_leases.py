@@ -27,11 +27,6 @@ GENERATE = ["--backend", "transformers", "--max-tokens", "16", "--dtype", "float
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
 def problems(tmp_path_factory, cache) -> Path:
     path = tmp_path_factory.mktemp("problems") / "problems.jsonl"
     assert run("synth", "--out", str(path), "-n", "24", "--seed", "5", cache=cache).returncode == 0

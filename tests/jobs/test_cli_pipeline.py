@@ -40,11 +40,6 @@ def policy_summary(out: subprocess.CompletedProcess) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
 def problems(tmp_path_factory, cache) -> Path:
     path = tmp_path_factory.mktemp("problems") / "problems.jsonl"
     dypo("synth", "--out", str(path), "-n", "12", "--seed", "3", cache=cache)
