@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 
 from report_stats import band, compare, curve, fmt, mean_std, values
+from runs import final_metric
 from settings import DIAGNOSIS, Variant
 
 REWARD_EARLY_STEPS = 10  # "how fast the reward rises": the mean reward of the first steps
@@ -54,13 +55,33 @@ def _mean(runs: list[dict], fn) -> float:
     return mean_std([fn(r) for r in runs])[0]
 
 
-def diagnosis_statements(chosen: dict[str, list[dict]], v: Variant) -> list[str]:
+def _early(runs: list[dict]) -> list[float]:
+    return [window_reward(r, True) for r in runs]
+
+
+def robustness_statement(results: list[dict], v: Variant) -> str:
+    """Validation accuracy at each searched rate above the smallest, for the diagnosis methods (seed 0)."""
+    avg = f"avg@{v.eval_k}"
+    parts = []
+    for lr in sorted(v.lrs)[1:]:
+        cells = []
+        for m in DIAGNOSIS:
+            runs = [r for r in results if r["method"] == m and r["lr"] == lr and r["seed"] == 0]
+            if runs:
+                cells.append(f"{m} {final_metric(runs[0], 'val', avg):.3f}")
+        if cells:
+            parts.append(f"at lr {lr:g}: " + ", ".join(cells))
+    return f"- Learning-rate robustness (validation {avg}, seed 0) " + "; ".join(parts) + "." if parts else ""
+
+
+def diagnosis_statements(chosen: dict[str, list[dict]], results: list[dict], v: Variant) -> list[str]:
     """Plain statements about the gradient norm, each computed from the runs (empty when a run is missing)."""
     if not all(chosen.get(m) for m in DIAGNOSIS):
         return []
     avg = f"avg@{v.eval_k}"
     norm = {m: _mean(chosen[m], median_norm) for m in DIAGNOSIS}
     early = {m: _mean(chosen[m], lambda r: window_reward(r, True)) for m in DIAGNOSIS}
+    rise = {m: _early(chosen[m]) for m in DIAGNOSIS}
     test = {m: values(chosen[m], "test", avg) for m in DIAGNOSIS}
     carrier = "GAL carries it" if norm["dypo-no-gal"] < norm["dypo"] / 5 else "GAL does not explain it alone"
     out = [
@@ -70,14 +91,16 @@ def diagnosis_statements(chosen: dict[str, list[dict]], v: Variant) -> list[str]
         "and SFT terms average over tokens, so its gradient grows with completion length.",
         f"- Reward rise (mean reward of the first {REWARD_EARLY_STEPS} steps): DYPO {early['dypo']:.3f}, GRPO "
         f"{early['grpo']:.3f}, without GAL {early['dypo-no-gal']:.3f}, GAL at 0.01 {early['dypo-gal-0.01']:.3f}, "
-        f"without clipping {early['dypo-no-clip']:.3f}.",
+        f"without clipping {early['dypo-no-clip']:.3f}. DYPO vs GRPO: {compare(rise['dypo'], rise['grpo'])}; GAL at 0.01 "
+        f"vs DYPO: {compare(rise['dypo-gal-0.01'], rise['dypo'])} (mean ± std over seeds must not overlap to count).",
         f"- In distribution ({avg}): GAL at 0.01 vs DYPO: {compare(test['dypo-gal-0.01'], test['dypo'])}; "
         f"vs GRPO: {compare(test['dypo-gal-0.01'], test['grpo'])}. Without clipping vs DYPO: "
         f"{compare(test['dypo-no-clip'], test['dypo'])} (AdamW divides each step by the gradient's running RMS, so "
         "a clip that rescales every step by about the same factor changes little; what it cannot change is GAL's "
         "share of the direction).",
     ]
-    return out
+    robust = robustness_statement(results, v)
+    return out + ([robust] if robust else [])
 
 
 def draw_diagnosis(out: Path, chosen: dict[str, list[dict]]) -> bool:
@@ -93,7 +116,7 @@ def draw_diagnosis(out: Path, chosen: dict[str, list[dict]]) -> bool:
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for m in DIAGNOSIS:
-        band(axes[0], chosen.get(m, []), "grad/norm", m)
+        band(axes[0], chosen.get(m, []), "grad/norm", m, keep=lambda x: x > 0)  # 0: a step that trained nothing
         band(axes[1], chosen.get(m, []), "reward/mean", m)
     axes[0].set_yscale("log")
     axes[0].set_title("gradient norm before clipping (log scale)", fontsize=10)

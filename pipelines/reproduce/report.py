@@ -213,7 +213,7 @@ def write_report(out: Path, results: list[dict], best: dict[str, float], v: Vari
                   "instead of 1 - alpha) and `dypo-no-clip` (no gradient clipping), each with the same "
                   "learning-rate search and seeds as every method.", "",
                   *diagnosis_table(chosen, best, v), "", "![diagnosis](diagnosis.png)", "",
-                  *diagnosis_statements(chosen, v), ""]
+                  *diagnosis_statements(chosen, results, v), ""]
     lines += ["## Conclusion", "", *conclusion(chosen, v), ""]
     report = out / "REPORT.md"
     report.write_text("\n".join(lines), encoding="utf-8")

@@ -43,8 +43,10 @@ def values(runs: list[dict], benchmark: str, metric: str) -> list[float]:
     return [final_metric(r, benchmark, metric) for r in runs]
 
 
-def band(ax, runs: list[dict], name: str, label: str) -> None:
-    series = [curve(r, name) for r in runs if curve(r, name)]
+def band(ax, runs: list[dict], name: str, label: str, *, keep=None) -> None:
+    """Mean and ±1 std band over runs of one per-step metric; `keep(value)` drops points (e.g. zeros on a log axis)."""
+    series = [[(s, x) for s, x in curve(r, name) if keep is None or keep(x)] for r in runs]
+    series = [c for c in series if c]
     if not series:
         return
     steps = sorted({s for c in series for s, _ in c})
@@ -52,5 +54,5 @@ def band(ax, runs: list[dict], name: str, label: str) -> None:
     means = [mean_std(row)[0] for row in table]
     stds = [mean_std(row)[1] for row in table]
     line, = ax.plot(steps, means, label=label)
-    ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                    color=line.get_color(), alpha=0.2)
+    lows = [m - s if keep is None or keep(m - s) else m for m, s in zip(means, stds)]  # on a log axis: no band below 0
+    ax.fill_between(steps, lows, [m + s for m, s in zip(means, stds)], color=line.get_color(), alpha=0.2)

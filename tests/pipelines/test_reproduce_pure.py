@@ -74,7 +74,7 @@ def test_every_variant_runs_every_method_with_the_same_budget():
 def _diag_run(norms: list[float], rewards: list[float], test: float) -> dict:
     dynamics = [{"step": i + 1, "name": "grad/norm", "value": n} for i, n in enumerate(norms)]
     dynamics += [{"step": i + 1, "name": "reward/mean", "value": r} for i, r in enumerate(rewards)]
-    evals = [{"benchmark": b, "metric": "avg@4", "policy_version": "30", "value": test} for b in ("test", "ood")]
+    evals = [{"benchmark": b, "metric": "avg@4", "policy_version": "30", "value": test} for b in ("val", "test", "ood")]
     return {"dynamics": dynamics, "eval": evals, "lr": 3e-4}
 
 
@@ -99,15 +99,18 @@ def test_diagnosis_names_the_term_that_carries_the_norm_from_the_numbers():
         "dypo-gal-0.01": [_diag_run(small, [0.6] * 20, 0.99), _diag_run(small, [0.6] * 20, 0.98)],
         "dypo-no-clip": [_diag_run(big, [0.3] * 20, 0.91)] * 2,
     }
-    text = "\n".join(diagnosis_statements(chosen, v))
+    results = [{**r, "method": m, "seed": 0, "lr": 1e-3} for m, runs in chosen.items() for r in runs[:1]]
+    text = "\n".join(diagnosis_statements(chosen, results, v))
     assert "norm is 100.0, 50x GRPO's (2.00)" in text and "GAL carries it" in text
     assert "GAL at 0.01 vs DYPO: higher; vs GRPO: no clear difference" in text
     assert "Without clipping vs DYPO: no clear difference" in text
+    assert "DYPO vs GRPO: lower; GAL at 0.01 vs DYPO: higher" in text
+    assert "(validation avg@4, seed 0) at lr 0.001: dypo 0.900, grpo 0.990, dypo-no-gal 0.970," in text
     chosen["dypo-no-gal"] = chosen["dypo"]  # the norm stays without GAL: GAL is not the cause
-    assert "GAL does not explain it alone" in "\n".join(diagnosis_statements(chosen, v))
+    assert "GAL does not explain it alone" in "\n".join(diagnosis_statements(chosen, results, v))
     best = {m: 3e-4 for m in DIAGNOSIS}
     table = diagnosis_table(chosen, best, v)
     assert len(table) == 2 + len(DIAGNOSIS) and table[2].startswith("| dypo | 0.0003 | 100.000 ± 0.000 |")
     del chosen["dypo-no-clip"]
-    assert diagnosis_statements(chosen, v) == []  # a missing run: no statement rather than a half one
+    assert diagnosis_statements(chosen, results, v) == []  # a missing run: no statement rather than a half one
     assert "| dypo-no-clip | n/a | not run |" in "\n".join(diagnosis_table(chosen, best, v))
