@@ -158,7 +158,19 @@ def conclusion(chosen: dict[str, list[dict]], v: Variant) -> list[str]:
             if parts:
                 out.append(f"- DYPO vs each {label}, {what} ({avg}, mean ± std over seeds must not overlap to count): "
                            + "; ".join(parts) + ".")
-    return out or ["- No complete runs yet."]
+    budget = compute_statement(chosen)
+    return (out + ([budget] if budget else [])) or ["- No complete runs yet."]
+
+
+def compute_statement(chosen: dict[str, list[dict]]) -> str:
+    """What "the same number of steps" spends: tokens trained per method, relative to DYPO's."""
+    tokens = {m: statistics.fmean(r["tokens_trained"] for r in runs) for m, runs in chosen.items() if m in MAIN and runs}
+    if "dypo" not in tokens or len(tokens) < 2 or not tokens["dypo"]:
+        return ""
+    parts = [f"{m} {tokens[m] / tokens['dypo']:.2f}x" for m in MAIN if m in tokens and m != "dypo"]
+    return ("- Compute: every method takes the same optimizer steps on the same prompts and samples the same rollouts; "
+            "the tokens each trains on differ (SFT trains one teacher trace per prompt where RL trains k rollouts). "
+            "Tokens trained relative to DYPO: " + ", ".join(parts) + ".")
 
 
 def write_report(out: Path, results: list[dict], best: dict[str, float], v: Variant, context: dict) -> Path:

@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "pipelines" / "reproduce"))
 
 from diagnosis import diagnosis_statements, diagnosis_table, median_norm, window_reward  # noqa: E402
+from report import compute_statement  # noqa: E402
 from report_stats import compare, mean_std  # noqa: E402
 from runs import METHOD_BY_NAME, RunSpec, best_lr, final_metric  # noqa: E402
 from settings import DIAGNOSIS, METHODS, VARIANTS  # noqa: E402
@@ -114,3 +115,11 @@ def test_diagnosis_names_the_term_that_carries_the_norm_from_the_numbers():
     del chosen["dypo-no-clip"]
     assert diagnosis_statements(chosen, results, v) == []  # a missing run: no statement rather than a half one
     assert "| dypo-no-clip | n/a | not run |" in "\n".join(diagnosis_table(chosen, best, v))
+
+
+def test_compute_statement_gives_tokens_trained_relative_to_dypo():
+    chosen = {"dypo": [{"tokens_trained": 100.0}, {"tokens_trained": 300.0}], "sft": [{"tokens_trained": 50.0}],
+              "grpo": [], "dypo-no-gal": [{"tokens_trained": 1.0}]}
+    text = compute_statement(chosen)
+    assert text.endswith("Tokens trained relative to DYPO: sft 0.25x.")  # ablations and methods without runs left out
+    assert compute_statement({"sft": [{"tokens_trained": 5.0}]}) == ""
