@@ -72,7 +72,7 @@ def describe_holder(fd: int) -> str:
             + (f" ({command[:160]})" if command else ""))
 
 
-def _acquire(fd: int, root: Path, work: str, what: str, wait: bool) -> None:
+def _acquire(fd: int, root: Path, work: str, what: str, wait: bool, place: str) -> None:
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return
@@ -82,17 +82,18 @@ def _acquire(fd: int, root: Path, work: str, what: str, wait: bool) -> None:
     holder = describe_holder(fd)
     if not wait:
         raise StoreBusyError(
-            f"{what} is already running in store {root}: held by {holder}",
+            f"{what} is already running in {place} {root}: held by {holder}",
             "let it finish (a rerun afterwards does only what is left), stop that process, "
             "or pass --wait to start when it ends",
         )
-    log.warning("waiting: %s in store %s is held by %s", what, root, holder)
+    log.warning("waiting: %s in %s %s is held by %s", what, place, root, holder)
     fcntl.lockf(fd, fcntl.LOCK_EX)  # blocks; Ctrl-C or SIGTERM interrupt it
 
 
 @contextlib.contextmanager
-def hold_lease(root: Path, work: str, what: str, *, wait: bool = False) -> Iterator[None]:
-    """Hold the lease of `work` (a stable key) in store `root` for the body; `what` names it for people.
+def hold_lease(root: Path, work: str, what: str, *, wait: bool = False, place: str = "store") -> Iterator[None]:
+    """Hold the lease of `work` (a stable key) in store `root` for the body; `what` names it for people, `place`
+    says what `root` is in the error (a store, or e.g. a training run's directory).
 
     Raises StoreBusyError when another process holds it, unless `wait`, which blocks until it is free.
     """
@@ -103,7 +104,7 @@ def hold_lease(root: Path, work: str, what: str, *, wait: bool = False) -> Itera
     except OSError as exc:
         raise store_write_error(path, exc) from exc
     try:
-        _acquire(fd, root, work, what, wait)
+        _acquire(fd, root, work, what, wait, place)
         os.ftruncate(fd, 0)
         os.pwrite(fd, _holder_record(work), 0)
         try:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -17,6 +18,7 @@ from typing import Any
 
 from dypo_data.errors import ConfigError, InputError
 from dypo_data.store import check_writable, open_store
+from dypo_data.store.lease import hold_lease
 from dypo_train.config import TrainConfig, build, flatten, parse_override
 from dypo_train.loop.checkpoint import latest_checkpoint
 from dypo_train.loop.offline import OfflineSource
@@ -177,10 +179,19 @@ def run_training(cfg: TrainConfig | None, *, resume: str | Path | None = None, c
             raise ConfigError(f"run directory {run_dir} already holds checkpoints", f"continue it with --resume {run_dir}, or pick another run.name")
     source = check_inputs(cfg)
     try:
-        return _train(cfg, run_dir, source, resume=resume, cache_dir=cache_dir, reporter=reporter)
+        with run_lease(run_dir):
+            return _train(cfg, run_dir, source, resume=resume, cache_dir=cache_dir, reporter=reporter)
     finally:
         if source is not None:
             source.close()
+
+
+def run_lease(run_dir: Path) -> contextlib.AbstractContextManager:
+    """One launch trains a run directory at a time: a second `--resume` of a run still training (or a new run
+    under the same name) fails at once, naming the process that holds it. Rank 0 holds it for all ranks."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return hold_lease(run_dir, "train", f"training of run {run_dir.name}", place="run directory")
 
 
 def _train(cfg: TrainConfig, run_dir: Path, source: OfflineSource | None, *, resume: str | Path | None,

@@ -187,6 +187,11 @@ def test_kill_and_resume_at_the_epoch_boundary(store, tiny_model_dir, tmp_path):
     run_dir = out / "killed"
     try:
         wait_for_latest(run_dir, "step-000002", killed)
+        # while it trains, a second launch of the same run fails at once naming the holder, and changes nothing
+        before = tree_hashes(run_dir / "checkpoints", stamps=True)
+        twice = cli("run", "--resume", str(run_dir))
+        assert_one_line_error(twice, "training of run killed is already running in run directory", f"pid {killed.pid}")
+        assert tree_hashes(run_dir / "checkpoints", stamps=True) == before
     finally:
         killed.send_signal(signal.SIGKILL)
         killed.communicate(timeout=60)
