@@ -159,6 +159,16 @@ class RolloutConfig:
     dtype: Literal["float32", "bfloat16", "auto"] = _f("float32", "vLLM dtype; float32 makes sampling logprobs match the trainer's (DESIGN.md).")
     kv_cache_gib: float = _f(2.0, "CPU KV cache of the engine (GiB).")
     gpu_memory_utilization: float = _f(0.3, "GPU: share of memory vLLM may take beside the trainer.")
+    backend: Literal["engine", "server"] = _f(
+        "engine",
+        "Online: engine samples with an in-process vLLM engine on each training process; server samples from the vLLM "
+        "servers at rollout.base_urls (start them with dypo-train serve-rollouts) and pushes the weights to them after "
+        "each update.",
+    )
+    base_urls: list[str] = _f([], "rollout.backend=server: the servers' base URLs, e.g. [http://127.0.0.1:8001/v1, ...].")
+    weight_dir: str = _f("", "rollout.backend=server: a directory the trainer and every server can read, where each policy "
+                             "version is written for the servers to reload (default: RUN_DIR/weights).")
+    server_timeout_s: float = _f(600.0, "rollout.backend=server: seconds one request or weight push may take.")
     overlap: bool = _f(False, "Shorthand for max_staleness=1 (at least): one-step-stale overlap of sampling and training.")
     max_staleness: int = _f(
         0,
@@ -172,6 +182,11 @@ class RolloutConfig:
         _check(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "must be in (0, 1]", "use 1.0")
         _check(self.max_tokens >= 1, "rollout.max_tokens", self.max_tokens, "must be >= 1", "use e.g. 1024")
         _check(self.kv_cache_gib > 0, "rollout.kv_cache_gib", self.kv_cache_gib, "must be > 0", "use 2")
+        _check(self.backend == "server" or not self.base_urls, "rollout.base_urls", self.base_urls,
+               "is set but rollout.backend='engine' samples in-process", "set rollout.backend=server, or drop rollout.base_urls")
+        _check(self.backend == "engine" or bool(self.base_urls), "rollout.base_urls", self.base_urls,
+               "is empty but rollout.backend='server'", "give the servers, e.g. rollout.base_urls=[http://127.0.0.1:8001/v1]")
+        _check(self.server_timeout_s > 0, "rollout.server_timeout_s", self.server_timeout_s, "must be > 0", "use 600")
         _check(self.max_staleness >= 0, "rollout.max_staleness", self.max_staleness, "must be >= 0",
                "use 0 (synchronous) or 1 (one-step-stale overlap)")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -52,7 +53,7 @@ class OnlineSource:
         self.run_id = ""  # set by the trainer (`bind`) before the first step
         self.acc = setup.accelerator
         self.cores = bind_local_rank(self.acc)  # several processes on CPU: each engine on its own cores
-        self.engine = start_rollout_engine(cfg, setup.model_path, name=policy_name,
+        self.engine = start_sampler(cfg, setup.model_path, name=policy_name,
                                            context=max(d.max_prompt_tokens + cfg.rollout.max_tokens, min_context))
         self.pool = VerifierPool(VerifierConfig(workers=verifier_workers))
         self.executor = None
@@ -72,8 +73,9 @@ class OnlineSource:
         """The run's id (rollouts are stored under it) and the step a resumed run starts at."""
         self.run_id = run_id
         self.version = start_step
-        if start_step > 0:  # a resumed run: the engine started from the original weights
-            self.engine.load_weights(self.setup.accelerator.unwrap_model(self.setup.model).state_dict())
+        if start_step > 0 or self.cfg.rollout.backend == "server":  # the engine started from the original weights; a
+            # server may hold anything: every server gets the trainer's weights before the first step
+            self.engine.load_weights(self.acc.unwrap_model(self.setup.model).state_dict(), version=start_step)
 
     def total_steps(self) -> int:
         return total_steps(self.stream.steps_per_epoch(self.batch), max_steps=self.cfg.run.max_steps, epochs=self.cfg.run.epochs)
@@ -140,7 +142,7 @@ class OnlineSource:
         self._drain()  # the engine must be idle before its weights change
         wait = time.perf_counter() - waited
         model = self.setup.accelerator.unwrap_model(self.setup.model)
-        seconds = self.engine.load_weights(model.state_dict())
+        seconds = self.engine.load_weights(model.state_dict(), version=step + 1)
         self.version = step + 1
         out = {"time/weight_sync": seconds}
         if self.executor is not None:
@@ -165,6 +167,19 @@ class OnlineSource:
                 import torch
 
                 torch._C.set_num_threads(self.caller_threads)
+
+
+def start_sampler(cfg: TrainConfig, model_path: Any, *, name: str, context: int) -> Any:
+    """What samples the rollouts (`rollout.backend`): an in-process engine, or the server fleet at rollout.base_urls."""
+    if cfg.rollout.backend == "engine":
+        return start_rollout_engine(cfg, model_path, name=name, context=context)
+    from dypo_data.backends import ModelSpec
+    from dypo_train.online.fleet import ServerFleet
+
+    r = cfg.rollout
+    weight_dir = r.weight_dir or str(Path(cfg.run.output_dir) / cfg.run.name / "weights")
+    spec = ModelSpec(name=name, path=str(model_path), dtype=r.dtype)
+    return ServerFleet(spec, r.base_urls, weight_dir=weight_dir, seed=cfg.run.seed, timeout_s=r.server_timeout_s)
 
 
 def start_rollout_engine(cfg: TrainConfig, model_path: Any, *, name: str, context: int) -> RolloutEngine:
