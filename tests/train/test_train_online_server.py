@@ -5,7 +5,7 @@ through the shared-path transport after each update:
   version's checkpoint (the in-process engine's check, test_train_online), and every server reports the last version;
 - a server killed mid-run: its calls go to the other and the run finishes; with none left the next run stops with
   a one-line error, its last checkpoint intact, and --resume continues once a server is back;
-- bad inputs: an unreachable server, servers serving another model.
+- bad input: servers serving another model (an unreachable server: test_train_cli_errors).
 
 Slow: starts two servers (about 20-40 s each on this CPU) and runs three short online trainings."""
 
@@ -121,8 +121,3 @@ def test_servers_serving_another_model_are_refused(servers, store, tiny_model_di
     urls = [s.base_url for s in servers]
     result = cli(*run_args(store, tiny_model_dir, tmp_path, "other", urls, 1, "model.name=another-policy"))
     assert_one_line_error(result, NAME, "another-policy")
-
-
-def test_an_unreachable_server_is_a_one_line_error(store, tiny_model_dir, tmp_path):
-    result = cli(*run_args(store, tiny_model_dir, tmp_path, "nowhere", ["http://127.0.0.1:9/v1"], 1))
-    assert_one_line_error(result, "127.0.0.1:9")
