@@ -95,19 +95,19 @@ class ServerFleet:
         """Push the current version again to every live server that reports another one (missed a push, restarted)."""
         if self.version is None:
             return
-        versions = self.transport.versions()
-        behind = [url for url, v in versions.items() if v is not None and v != str(self.version)]
+        live = self.transport.versions()
+        if not live:
+            raise self._none_left()
+        behind = [url for url, v in live.items() if v != str(self.version)]
         if behind:
             log.warning("servers %s hold another policy version than %d; pushing it again", behind, self.version)
             self.transport.push(self.path, self.version, behind)
-        if all(v is None for v in versions.values()):
-            raise self._none_left()
 
     def check_versions(self) -> None:
         """BackendError unless every live server still reports `self.version` (none changed during the generation)."""
         if self.version is None:
             return
-        wrong = {url: v for url, v in self.transport.versions().items() if v is not None and v != str(self.version)}
+        wrong = {url: v for url, v in self.transport.versions().items() if v != str(self.version)}
         if wrong:
             raise BackendError(f"servers changed policy version while sampling (expected {self.version}): {wrong}",
                                "a server restarted mid-step; resume the run with --resume (the last checkpoint is intact)")

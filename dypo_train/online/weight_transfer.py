@@ -86,21 +86,21 @@ class SharedPathTransport:
                 missed.append(url)
         return missed
 
-    def versions(self) -> dict[str, str | None]:
-        """Each server's policy version (`GET /weight_info`); None for a server that does not answer."""
+    def versions(self) -> dict[str, str]:
+        """The policy version (`GET /weight_info`) of every server that answers; a server that does not is left out
+        (a server never pushed to reports vLLM's "default")."""
         import httpx
 
-        out: dict[str, str | None] = {}
+        out: dict[str, str] = {}
         for url in self.urls:
             try:
                 reply = httpx.get(f"{url}/weight_info", timeout=10.0)
             except httpx.TransportError:
-                out[url] = None
                 continue
             if reply.status_code == 404:
                 raise BackendError(f"server {url} has no /weight_info route", DEV_HINT)
             reply.raise_for_status()
-            out[url] = reply.json().get("weight_version")
+            out[url] = str(reply.json().get("weight_version"))
         return out
 
     def _call(self, url: str, route: str, body: dict | None) -> None:
