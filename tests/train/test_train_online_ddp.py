@@ -51,7 +51,7 @@ def warm(tmp_path_factory, tiny_model_dir):
 def online_args(store: Path, policy: Path, out: Path, name: str) -> list[str]:
     sets = [f"data.store={store}", f"model.policy={policy}", "model.mixed_precision=no", "run.report_to=[]",
             f"run.output_dir={out}", f"run.name={name}", f"run.max_steps={STEPS}", f"run.prompts_per_step={PROMPTS}",
-            f"rollout.k={K}", "rollout.max_tokens=16", "rollout.kv_cache_gib=1", "optim.lr=1e-4", "model.name=tiny-warm"]
+            f"rollout.k={K}", "rollout.max_tokens=16", "rollout.kv_cache_gib=1", "optim.lr=1e-4", f"model.name=tiny-{name}"]  # ids differ per run
     return ["run", "--mode", "online", *sets_args(sets)]
 
 

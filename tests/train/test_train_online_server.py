@@ -65,7 +65,8 @@ def run_args(store: Path, policy: Path, out: Path, name: str, urls: list[str], s
     sets = [f"data.store={store}", f"model.policy={policy}", f"model.name={NAME}", "model.mixed_precision=no",
             "run.report_to=[]", f"run.output_dir={out}", f"run.name={name}", f"run.prompts_per_step={PROMPTS}",
             f"rollout.k={K}", "rollout.max_tokens=16", "optim.lr=1e-2", "run.checkpoint_every=1", "run.keep_checkpoints=5",
-            "rollout.backend=server", f"rollout.base_urls=[{','.join(urls)}]", *extra]
+            "rollout.backend=server", f"rollout.base_urls=[{','.join(urls)}]",
+            f"run.seed={sum(map(ord, name))}", *extra]  # a seed per run: the runs' trace ids differ
     return ["run", "--mode", "online", "--max-steps", str(steps), *sets_args(sets)]
 
 
