@@ -54,7 +54,7 @@ class OnlineSource:
         self.acc = setup.accelerator
         self.cores = bind_local_rank(self.acc)  # several processes on CPU: each engine on its own cores
         self.engine = start_sampler(cfg, setup.model_path, name=policy_name,
-                                           context=max(d.max_prompt_tokens + cfg.rollout.max_tokens, min_context))
+                                    context=max(d.max_prompt_tokens + cfg.rollout.max_tokens, min_context))
         self.pool = VerifierPool(VerifierConfig(workers=verifier_workers))
         self.executor = None
         self.caller_threads = None
