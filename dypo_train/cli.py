@@ -8,6 +8,7 @@ Examples:
     dypo-train run --resume runs/dypo-20261125-101500            # continue a killed run
     dypo-train config --recipe dypo-code                         # print the resolved config
     accelerate launch --multi_gpu --num_processes 2 -m dypo_train.cli run --store demo_store   # data parallel
+    dypo-train serve-rollouts --policy DIR --name tiny --servers 2 --port 8001   # servers for rollout.backend=server
 """
 
 from __future__ import annotations
@@ -153,6 +154,44 @@ def show_config(
         print(yaml.safe_dump(resolve(recipe, config, sets or []).to_dict(), sort_keys=False), end="")
     except DypoError as exc:
         _fail(exc)
+
+
+@app.command("serve-rollouts")
+def serve_rollouts(
+    policy: Annotated[Path, typer.Option(help="The policy's model directory (the run's model.policy).")],
+    name: Annotated[str, typer.Option(help="Served model name: the run's model.name (or its policy spec).")],
+    servers: Annotated[int, typer.Option(help="How many servers (each on its own cores on CPU).")] = 1,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the first server; the others take the next ones.")] = 8001,
+    kv_cache_gib: Annotated[float, typer.Option(help="CPU KV cache of each server (GiB).")] = 1.0,
+    log_dir: Annotated[Optional[Path], typer.Option(help="Where the servers' logs go (default: the temp dir).")] = None,
+) -> None:
+    """Start vLLM servers for `run --set rollout.backend=server`; they stop on Ctrl-C."""
+    import time
+
+    _setup_logging(False)
+    from dypo_train.online.serve import rollout_server_spec, start_rollout_servers
+
+    try:
+        with sigterm_as_interrupt():
+            started = start_rollout_servers(rollout_server_spec(policy, name=name, kv_cache_gib=kv_cache_gib), count=servers,
+                                            host=host, port=port, log_dir=log_dir)
+            urls = ",".join(s.base_url for s in started)
+            print(f"serving {name} at {urls}\ntrain with: --set rollout.backend=server --set rollout.base_urls=[{urls}] "
+                  f"--set model.name={name}", flush=True)
+            try:
+                while not (dead := [s for s in started if s.process.poll() is not None]):
+                    time.sleep(1.0)
+            finally:
+                for s in started:
+                    s.stop()
+    except DypoError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        return
+    from dypo_data.errors import BackendError
+
+    _fail(BackendError(f"rollout server {dead[0].base_url} exited: {dead[0].log_tail(300)!r}", f"see its log {dead[0].log_path}"))
 
 
 def main() -> None:

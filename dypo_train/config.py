@@ -108,6 +108,14 @@ class LossConfig:
     offpolicy_teacher: bool = _f(False, "LUFFY: replace one rollout of each group by a verified teacher trace (reward 1), shaped by f(p) = p / (p + offpolicy_shaping).")
     offpolicy_shaping: float = _f(0.1, "LUFFY's shaping constant in f(p) = p / (p + c).")
     success: float = _f(1.0, "Reward at or above which an all-equal group counts as easy.")
+    rollout_correction: Literal["none", "tis", "seq_tis"] = _f(
+        "none",
+        "Off-policy correction of rollouts whose sampler differs from pi_old (stale overlap, servers, bf16 engine): "
+        "none; tis: per-token weight min(pi_old / pi_sampler, rollout_is_cap) on the RL term (verl TIS, TRL "
+        "token_truncate); seq_tis: one weight per rollout, min(prod_t pi_old / pi_sampler, cap) (TRL sequence_truncate). "
+        "Needs the sampling logprobs stored with the rollouts and data.old_logprobs=recompute.",
+    )
+    rollout_is_cap: float = _f(2.0, "Cap of the importance weight of loss.rollout_correction (verl: 2, TRL: 3); >= 1.")
 
     def __post_init__(self) -> None:
         for name in ("alpha", "sft_coef"):
@@ -118,6 +126,7 @@ class LossConfig:
             _check(value >= 0.0, f"loss.{name}", value, "must be >= 0", f"set loss.{name} to a non-negative value")
         _check(self.clip_eps < 1.0, "loss.clip_eps", self.clip_eps, "must be < 1", "use 0.2")
         _check(self.offpolicy_shaping > 0.0, "loss.offpolicy_shaping", self.offpolicy_shaping, "must be > 0", "use 0.1 (LUFFY)")
+        _check(self.rollout_is_cap >= 1.0, "loss.rollout_is_cap", self.rollout_is_cap, "must be >= 1", "use 2 (verl) or 3 (TRL)")
 
 
 @dataclass(frozen=True)
@@ -150,7 +159,22 @@ class RolloutConfig:
     dtype: Literal["float32", "bfloat16", "auto"] = _f("float32", "vLLM dtype; float32 makes sampling logprobs match the trainer's (DESIGN.md).")
     kv_cache_gib: float = _f(2.0, "CPU KV cache of the engine (GiB).")
     gpu_memory_utilization: float = _f(0.3, "GPU: share of memory vLLM may take beside the trainer.")
-    overlap: bool = _f(False, "One-step-stale: generate the next batch with the current weights while this batch trains.")
+    backend: Literal["engine", "server"] = _f(
+        "engine",
+        "Online: engine samples with an in-process vLLM engine on each training process; server samples from the vLLM "
+        "servers at rollout.base_urls (start them with dypo-train serve-rollouts) and pushes the weights to them after "
+        "each update.",
+    )
+    base_urls: list[str] = _f([], "rollout.backend=server: the servers' base URLs, e.g. [http://127.0.0.1:8001/v1, ...].")
+    weight_dir: str = _f("", "rollout.backend=server: a directory the trainer and every server can read, where each policy "
+                             "version is written for the servers to reload (default: RUN_DIR/weights).")
+    server_timeout_s: float = _f(600.0, "rollout.backend=server: seconds one request or weight push may take.")
+    overlap: bool = _f(False, "Shorthand for max_staleness=1 (at least): one-step-stale overlap of sampling and training.")
+    max_staleness: int = _f(
+        0,
+        "Online: rollouts may be sampled up to this many policy versions behind the weights they train (0: every step "
+        "samples with its own weights; N >= 1: the next N steps are sampled in the background while this one trains).",
+    )
 
     def __post_init__(self) -> None:
         _check(self.k >= 1, "rollout.k", self.k, "must be >= 1", "use 8 (paper)")
@@ -158,6 +182,18 @@ class RolloutConfig:
         _check(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "must be in (0, 1]", "use 1.0")
         _check(self.max_tokens >= 1, "rollout.max_tokens", self.max_tokens, "must be >= 1", "use e.g. 1024")
         _check(self.kv_cache_gib > 0, "rollout.kv_cache_gib", self.kv_cache_gib, "must be > 0", "use 2")
+        _check(self.backend == "server" or not self.base_urls, "rollout.base_urls", self.base_urls,
+               "is set but rollout.backend='engine' samples in-process", "set rollout.backend=server, or drop rollout.base_urls")
+        _check(self.backend == "engine" or bool(self.base_urls), "rollout.base_urls", self.base_urls,
+               "is empty but rollout.backend='server'", "give the servers, e.g. rollout.base_urls=[http://127.0.0.1:8001/v1]")
+        _check(self.server_timeout_s > 0, "rollout.server_timeout_s", self.server_timeout_s, "must be > 0", "use 600")
+        _check(self.max_staleness >= 0, "rollout.max_staleness", self.max_staleness, "must be >= 0",
+               "use 0 (synchronous) or 1 (one-step-stale overlap)")
+
+    @property
+    def staleness(self) -> int:
+        """Policy versions a step's rollouts may lag behind: max_staleness, at least 1 with overlap."""
+        return max(self.max_staleness, int(self.overlap))
 
 
 @dataclass(frozen=True)
@@ -235,6 +271,10 @@ class TrainConfig:
                                   "set model.reference=policy, or loss.gal_reference=false (raw sequence logprobs)")
             _check(self.loss.beta_kl == 0.0, "loss.beta_kl", self.loss.beta_kl, "needs a reference model but model.reference='none'",
                    "set model.reference=policy or loss.beta_kl=0")
+        if self.loss.rollout_correction != "none" and self.data.old_logprobs != "recompute":
+            raise ConfigError(f"loss.rollout_correction={self.loss.rollout_correction!r} weighs pi_old / pi_sampler, but "
+                              "data.old_logprobs='behaviour' makes pi_old the sampler (every weight 1)",
+                              "set data.old_logprobs=recompute, or loss.rollout_correction=none")
         if self.run.sft_steps and self.loss.gate == "sft":
             raise ConfigError("run.sft_steps is set but loss.gate='sft' already trains SFT only", "set loss.gate=rl for SFT-then-RL")
 

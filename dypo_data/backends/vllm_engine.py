@@ -238,6 +238,7 @@ class VLLMBackend(BackendBase):
 
     def __init__(self, model: ModelSpec) -> None:
         self.model = model
+        self.joined_process_group = _process_group_exists()  # a trainer's (accelerate launch): vLLM joins it
         self.llm, self.start_seconds, self.cpu_plan = start_engine(model)
         self.tokenizer = self.llm.get_tokenizer()
         self._calls = 0  # numbers engine request ids
@@ -323,7 +324,7 @@ class VLLMBackend(BackendBase):
         except Exception as exc:  # shutting down a broken engine must not hide the original error
             log.warning("vLLM engine shutdown failed: %s", exc)
         del llm
-        _destroy_process_groups()
+        _destroy_process_groups(keep_default=self.joined_process_group)
         gc.collect()
         forget_released()
 
@@ -370,14 +371,27 @@ def _result(entry: _Pending, seconds: float) -> GenerationResult:
     )
 
 
-def _destroy_process_groups() -> None:
-    """Tear down the torch.distributed state an in-process engine leaves, so another can start."""
+def _process_group_exists() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _destroy_process_groups(*, keep_default: bool = False) -> None:
+    """Tear down the torch.distributed state an in-process engine leaves, so another can start. With
+    `keep_default` (the engine joined its caller's process group, e.g. a data-parallel trainer's) only vLLM's own
+    groups go; the caller's default group stays."""
     if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0":
         return
     try:
+        from vllm.distributed import parallel_state
         from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
         destroy_model_parallel()
-        destroy_distributed_environment()
+        if not keep_default:
+            destroy_distributed_environment()
+        elif parallel_state._WORLD is not None:  # the world group vLLM built over the caller's ranks
+            parallel_state._WORLD.destroy()
+            parallel_state._WORLD = None
     except Exception as exc:  # best effort
         log.debug("vLLM process group teardown: %s", exc)

@@ -154,11 +154,13 @@ def micro_batch_loss(logprobs: Tensor, batch: Batch, den: Denominators, loss: Lo
             old = torch.where(batch.has_old.unsqueeze(1), batch.old_logprobs, logprobs.detach())
         else:
             old = logprobs.detach()  # one update per batch: pi_old is the pre-update policy, ratio 1 at the start
+        is_weights = _rollout_correction(logprobs.detach(), batch, on, loss, sums)  # the trainer's pi_old, both modes
         part, m = ops.policy_loss(
             logprobs, old, batch.advantages, batch.mask, batch.rl_weight * on,
             ref_logprobs=ref_logprobs if loss.beta_kl > 0 else None, clip_eps=loss.clip_eps,
             clip_eps_high=loss.clip_eps_high or None, beta_kl=loss.beta_kl,
             ratio_level="sequence" if loss.rl_loss == "gspo" else "token", norm=loss.norm, denominator=den.rl,
+            is_weights=is_weights,
         )
         total = total + den.rl_scale * part
         tokens = (batch.mask * on.unsqueeze(1)).sum()
@@ -183,3 +185,21 @@ def micro_batch_loss(logprobs: Tensor, batch: Batch, den: Denominators, loss: Lo
         sums["gal/margin_sum"] = m["margin"] * m["pairs"]
         sums["gal/pairs"] = m["pairs"].to(torch.float32)
     return total, sums
+
+
+def _rollout_correction(old: Tensor, batch: Batch, on: Tensor, loss: LossConfig, sums: dict[str, Tensor]) -> Tensor | None:
+    """`loss.rollout_correction`'s weights pi_old / pi_sampler (`old`: the trainer's logprobs before the update) on the RL rows with stored sampling logprobs (None when
+    off), and the mismatch metrics' sums over those rows (whatever the mode, so a run shows how far off its sampler is).
+
+    Shapes: old (N, T), on (N,) bool; returns (N, T) or None."""
+    rows = on & batch.has_old  # (N,) RL rows whose sampler is known
+    if not bool(rows.any()):
+        return None
+    mask = batch.mask * rows.unsqueeze(1)  # (N, T)
+    weights, m = ops.rollout_is_weights(old, batch.old_logprobs, mask, mode=loss.rollout_correction,
+                                        cap=loss.rollout_is_cap)
+    sums["rollout/mismatch_kl_sum"] = m["mismatch_kl"] * m["tokens"]
+    sums["rollout/is_weight_sum"] = m["is_weight"] * m["tokens"]
+    sums["rollout/truncated_sum"] = m["truncated_frac"] * m["tokens"]
+    sums["rollout/tokens"] = m["tokens"]
+    return weights if loss.rollout_correction != "none" else None

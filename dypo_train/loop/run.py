@@ -204,9 +204,13 @@ def _train(cfg: TrainConfig, run_dir: Path, source: OfflineSource | None, *, res
     tokenizer = load_tokenizer(model.path)  # no chat template: fail before anything is written
     sets, eval_context = held_out(cfg, tokenizer, model.path)  # bad held-out files too
     accelerator = make_accelerator(cfg, run_dir)
-    if accelerator.num_processes > 1 and cfg.data.mode == "online":
-        raise ConfigError("online mode runs on one process in this release",
-                          "launch it without accelerate's --num_processes, or train offline on the stored rollouts")
+    if accelerator.num_processes > 1 and cfg.data.mode == "online" and cfg.rollout.backend == "server":
+        raise ConfigError("rollout.backend=server trains on one process in this release",
+                          "launch it without accelerate's --num_processes (the servers sample in parallel), or use "
+                          "rollout.backend=engine for data-parallel training")
+    if cfg.eval.every and cfg.data.mode == "online" and cfg.rollout.backend == "server":
+        raise ConfigError("eval.every evaluates through an in-process engine, not rollout.backend=server",
+                          f"evaluate the run's checkpoints instead: dypo-data eval --store {cfg.data.store} --run RUN_DIR --prompts FILE")
     if accelerator.num_processes > 1 and cfg.eval.every:
         raise ConfigError("eval.every runs on one process in this release",
                           f"evaluate the run's checkpoints instead: dypo-data eval --store {cfg.data.store} --run {run_dir} --prompts FILE")

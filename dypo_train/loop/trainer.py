@@ -194,9 +194,11 @@ class Trainer:
                 self.sft_buffer = []
         seconds = time.perf_counter() - started
         metrics.update(_summarise(sums))
-        metrics["time/train"] = seconds
-        metrics["perf/tokens"] = float(tokens)
-        metrics["perf/tokens_per_s"] = tokens / seconds if seconds > 0 else 0.0
+        everywhere, slowest = self._over_ranks(float(tokens), seconds)
+        metrics["time/train"] = slowest
+        metrics["perf/rank_tokens"] = float(tokens)
+        metrics["perf/tokens"] = everywhere
+        metrics["perf/tokens_per_s"] = everywhere / slowest if slowest > 0 else 0.0
         metrics["lr"] = float(self.setup.scheduler.get_last_lr()[0])
         return StepResult(metrics, plan)
 
@@ -265,6 +267,18 @@ class Trainer:
             logits = completion_logits(self.setup.reference, batch)
             return ops.token_logprobs(logits, batch.completion_ids)
 
+    def _over_ranks(self, tokens: float, seconds: float) -> tuple[float, float]:
+        """(tokens trained by every process, the slowest process's seconds) of this step."""
+        if self.acc.num_processes == 1:
+            return tokens, seconds
+        import torch.distributed as dist
+
+        total = torch.tensor([tokens], dtype=torch.float64, device=self.acc.device)
+        slowest = torch.tensor([seconds], dtype=torch.float64, device=self.acc.device)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        return float(total), float(slowest)
+
     def _reduce(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
         """Sum metric tensors over processes. A process holds only the keys its rows produced (one may have no SFT
         row), so every process reduces all of _METRIC_KEYS plus a presence flag each; a key absent everywhere stays absent."""
@@ -283,7 +297,8 @@ class Trainer:
 
 _METRIC_KEYS = ("loss/sft", "loss/rl", "loss/gal", "loss/offpolicy", "sft/nll_sum", "sft/tokens", "rl/clip_sum", "rl/kl_sum",
                 "rl/tokens", "gal/pair_acc_sum", "gal/margin_sum", "gal/pairs", "policy/entropy_sum", "policy/tokens",
-                "policy/length_sum", "policy/rows")
+                "policy/length_sum", "policy/rows", "rollout/mismatch_kl_sum", "rollout/is_weight_sum", "rollout/truncated_sum",
+                "rollout/tokens")
 
 
 def _null_row(template: Row) -> Row:
@@ -306,6 +321,9 @@ def _summarise(sums: dict[str, float]) -> dict[str, float]:
     ratio("gal/margin_sum", "gal/pairs", "gal/margin")
     ratio("policy/entropy_sum", "policy/tokens", "policy/entropy")
     ratio("policy/length_sum", "policy/rows", "policy/response_length")
+    ratio("rollout/mismatch_kl_sum", "rollout/tokens", "rollout/mismatch_kl")
+    ratio("rollout/is_weight_sum", "rollout/tokens", "rollout/is_weight_mean")
+    ratio("rollout/truncated_sum", "rollout/tokens", "rollout/truncated_frac")
     return out
 
 

@@ -95,6 +95,7 @@ class RolloutEngine:
         from dypo_data.backends.vllm_engine import VLLMBackend
 
         self.seed = seed
+        self.version: int | None = None  # the policy version of the weights last loaded (None: the model directory's)
         self.spec = ModelSpec(
             name=name, path=str(Path(model_dir).expanduser()), dtype=dtype, max_model_len=max_model_len,
             enforce_eager=enforce_eager, kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization,
@@ -150,9 +151,10 @@ class RolloutEngine:
 
     # -- weight sync ----------------------------------------------------------------------------
 
-    def load_weights(self, state_dict: Mapping[str, Any]) -> float:
+    def load_weights(self, state_dict: Mapping[str, Any], *, version: int | None = None) -> float:
         """Replace the engine's weights with `state_dict` (Hugging Face names, e.g. the trained
-        model's `state_dict()`); returns the seconds it took, cache reset included.
+        model's `state_dict()`); returns the seconds it took, cache reset included. `version`: the policy
+        version these weights are (kept as `self.version`; a server fleet reports it to its servers).
 
         Tensors are sent detached, on CPU, contiguous and in the engine's dtype, one at a time, so
         at most one converted copy is alive besides the engine's own weights.
@@ -172,6 +174,7 @@ class RolloutEngine:
                 "before generating again",
             ) from exc
         llm.reset_prefix_cache()  # cached prompt blocks hold attention state of the old weights
+        self.version = version
         return time.perf_counter() - started
 
     def _engine_tensor(self, tensor: Any) -> Any:

@@ -4,24 +4,30 @@ A step's data phase: draw the step's prompts from the store (same seeded order a
 k rollouts each with the in-process engine (`time/generate`), store them and their verdicts
 (role policy, policy_version = the number of updates behind the weights that sampled them;
 `time/verify`), and hand the groups to the trainer. After the update the new weights go into the
-running engine (`time/weight_sync`).
+running engine (`time/weight_sync`). With several processes (`accelerate launch`), each samples, grades
+and stores its share of the step's prompts with its own engine and the shares are exchanged before
+planning (`dypo_train.online.distributed`).
 
-With `rollout.overlap` (one-step-stale, as the fastest RL trainers do) the next step's rollouts
-are sampled in a background thread while this step trains, with the weights from before this
-step's update; the engine is idle again before the weights are pushed. The rollouts of step s are
-then sampled by policy version s - 1, which the store records.
+With `rollout.max_staleness` N >= 1 (`rollout.overlap`: N = 1, one-step-stale, as the fastest RL
+trainers do) the next N steps' rollouts are sampled in a background thread while this step trains,
+with the weights from before this step's update; the engine is idle again before the weights are
+pushed. The rollouts of step s are then sampled by policy version s - N at the oldest, which the
+store records (`rollout/staleness` = s - version; `loss.rollout_correction` reweighs them).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from dypo_data.backends.vllm_engine import model_max_len
 from dypo_data.grading import VerifierConfig, VerifierPool
 from dypo_train.config import TrainConfig
+from dypo_train.online.distributed import bind_local_rank, exchange, local_share, merge_shares, merge_timings
 from dypo_train.online.engine import RolloutEngine, rollout_sampling, rollout_seed
 from dypo_train.online.rollouts import record_rows, rollout_rows
 from dypo_train.stream.reader import StoreStream, total_steps
@@ -45,27 +51,31 @@ class OnlineSource:
                                   prompt_split=d.prompt_split)
         self.batch = cfg.run.prompts_per_step
         self.run_id = ""  # set by the trainer (`bind`) before the first step
-        self.engine = start_rollout_engine(cfg, setup.model_path, name=policy_name,
-                                           context=max(d.max_prompt_tokens + cfg.rollout.max_tokens, min_context))
+        self.acc = setup.accelerator
+        self.cores = bind_local_rank(self.acc)  # several processes on CPU: each engine on its own cores
+        self.engine = start_sampler(cfg, setup.model_path, name=policy_name,
+                                    context=max(d.max_prompt_tokens + cfg.rollout.max_tokens, min_context))
         self.pool = VerifierPool(VerifierConfig(workers=verifier_workers))
         self.executor = None
         self.caller_threads = None
-        if cfg.rollout.overlap:  # rollouts and training run at once: each gets its share of the cores
+        self.staleness = cfg.rollout.staleness
+        if self.staleness:  # rollouts and training run at once: each gets its share of the cores
             import torch
 
             self.caller_threads = torch.get_num_threads()
             rollout_threads, train_threads = split_threads(self.caller_threads)
             self.executor = _rollout_thread(rollout_threads)
             torch._C.set_num_threads(train_threads)
-        self.pending: tuple[int, Future] | None = None
+        self.pending: deque[tuple[int, Future]] = deque()  # (step, its rollouts), in step order
         self.version = 0  # optimizer updates applied to the engine's weights
 
     def bind(self, run_id: str, start_step: int) -> None:
         """The run's id (rollouts are stored under it) and the step a resumed run starts at."""
         self.run_id = run_id
         self.version = start_step
-        if start_step > 0:  # a resumed run: the engine started from the original weights
-            self.engine.load_weights(self.setup.accelerator.unwrap_model(self.setup.model).state_dict())
+        if start_step > 0 or self.cfg.rollout.backend == "server":  # the engine started from the original weights; a
+            # server may hold anything: every server gets the trainer's weights before the first step
+            self.engine.load_weights(self.acc.unwrap_model(self.setup.model).state_dict(), version=start_step)
 
     def total_steps(self) -> int:
         return total_steps(self.stream.steps_per_epoch(self.batch), max_steps=self.cfg.run.max_steps, epochs=self.cfg.run.epochs)
@@ -73,9 +83,14 @@ class OnlineSource:
     # -- data phase ----------------------------------------------------------------------------------
 
     def produce(self, step: int, version: int) -> Produced:
-        """Sample, verify and store the rollouts of `step` with the engine's weights (`version`)."""
+        """Sample, verify and store this process's share of the rollouts of `step` with the engine's weights
+        (`version`); returns its groups, in step order, and its timings."""
         r = self.cfg.rollout
-        groups = self.stream.read(self.stream.units_for_step(step, self.batch))
+        units = local_share(self.stream.units_for_step(step, self.batch), self.acc.process_index, self.acc.num_processes)
+        staleness = {"rollout/staleness": float(step - version)}
+        if not units:  # more processes than prompts at this step
+            return [], {"rollout/tokens": 0.0, **staleness}
+        groups = self.stream.read(units)
         seed = rollout_seed(self.cfg.run.seed, step)
         started = time.perf_counter()
         samples = self.engine.generate([(g.prompt_id, g.messages) for g in groups], k=r.k, temperature=r.temperature,
@@ -90,34 +105,44 @@ class OnlineSource:
         verified = time.perf_counter()
         out = [_with_rollouts(g, rows_b, samples_b, rewards_b) for g, rows_b, samples_b, rewards_b in zip(groups, rows, samples, rewards)]
         n_tokens = sum(len(s.completion_token_ids) for group in samples for s in group)
-        timings = {"time/generate": generated - started, "time/verify": verified - generated,
-                   "perf/rollout_tokens_per_s": n_tokens / max(generated - started, 1e-9),
-                   "policy/staleness": float(step - version)}
-        return out, timings
+        return out, {"time/generate": generated - started, "time/verify": verified - generated,
+                     "rollout/tokens": float(n_tokens), **staleness}
 
     def groups(self, step: int) -> Produced:
+        """The whole step's groups (every process's share, exchanged) and the data phase's metrics over processes."""
         if self.executor is None:
-            return self.produce(step, self.version)
-        if self.pending is None or self.pending[0] != step:  # first step (or a resumed run): nothing prefetched
-            self.pending = (step, self.executor.submit(self.produce, step, self.version))
+            return self._whole_step(*self.produce(step, self.version))
+        if not self.pending or self.pending[0][0] != step:  # first step (or a resumed run): nothing prefetched
+            self._drain()
+            self.pending.append((step, self.executor.submit(self.produce, step, self.version)))
         waited = time.perf_counter()
-        groups, timings = self.pending[1].result()
+        groups, timings = self.pending.popleft()[1].result()
         timings["time/wait_rollouts"] = time.perf_counter() - waited
-        if step + 1 < self.total_steps():  # sample the next step with these weights while this step trains
-            self.pending = (step + 1, self.executor.submit(self.produce, step + 1, self.version))
-        else:
-            self.pending = None
-        return groups, timings
+        total = self.total_steps()
+        ahead = self.pending[-1][0] if self.pending else step
+        while ahead < min(step + self.staleness, total - 1):  # sample ahead with these weights while this step trains
+            ahead += 1
+            self.pending.append((ahead, self.executor.submit(self.produce, ahead, self.version)))
+        return self._whole_step(groups, timings)
+
+    def _whole_step(self, groups: list[PromptGroup], timings: dict[str, float]) -> Produced:
+        """Every process's share in step order (one all-gather, on the training thread), timings merged."""
+        shares = exchange((groups, timings), self.acc)
+        return merge_shares([g for g, _ in shares]), merge_timings([t for _, t in shares])
+
+    def _drain(self) -> None:
+        """Wait for every queued rollout job (the engine must be idle before its weights change)."""
+        for _, future in self.pending:
+            future.result()
 
     # -- weight sync ---------------------------------------------------------------------------------
 
     def after_update(self, step: int) -> dict[str, float]:
         waited = time.perf_counter()
-        if self.pending is not None:
-            self.pending[1].result()  # the engine must be idle before its weights change
+        self._drain()  # the engine must be idle before its weights change
         wait = time.perf_counter() - waited
         model = self.setup.accelerator.unwrap_model(self.setup.model)
-        seconds = self.engine.load_weights(model.state_dict())
+        seconds = self.engine.load_weights(model.state_dict(), version=step + 1)
         self.version = step + 1
         out = {"time/weight_sync": seconds}
         if self.executor is not None:
@@ -126,10 +151,10 @@ class OnlineSource:
 
     def close(self) -> None:
         try:
-            if self.pending is not None:
-                self.pending[1].cancel()
+            for _, future in self.pending:
+                future.cancel()
                 try:
-                    self.pending[1].result()
+                    future.result()
                 except Exception:  # noqa: BLE001 - the run is ending; the first error was already raised
                     pass
             if self.executor is not None:
@@ -142,6 +167,19 @@ class OnlineSource:
                 import torch
 
                 torch._C.set_num_threads(self.caller_threads)
+
+
+def start_sampler(cfg: TrainConfig, model_path: Any, *, name: str, context: int) -> Any:
+    """What samples the rollouts (`rollout.backend`): an in-process engine, or the server fleet at rollout.base_urls."""
+    if cfg.rollout.backend == "engine":
+        return start_rollout_engine(cfg, model_path, name=name, context=context)
+    from dypo_data.backends import ModelSpec
+    from dypo_train.online.fleet import ServerFleet
+
+    r = cfg.rollout
+    weight_dir = r.weight_dir or str(Path(cfg.run.output_dir) / cfg.run.name / "weights")
+    spec = ModelSpec(name=name, path=str(model_path), dtype=r.dtype)
+    return ServerFleet(spec, r.base_urls, weight_dir=weight_dir, seed=cfg.run.seed, timeout_s=r.server_timeout_s)
 
 
 def start_rollout_engine(cfg: TrainConfig, model_path: Any, *, name: str, context: int) -> RolloutEngine:

@@ -1,10 +1,12 @@
-"""Pure tensor maths of the trainer: tiers, advantages, log-probs, SFT / GRPO / GSPO / GAL / LUFFY losses, gate.
+"""Pure tensor maths of the trainer: tiers, advantages, log-probs, SFT / GRPO / GSPO / GAL / LUFFY losses,
+off-policy correction, gate.
 
 torch and the standard library only: no configs, no I/O, no logging, no `.item()`. Every loss returns
 `(loss, metrics)` with detached metrics; the `norm` / `denominator` rules are in `ops.losses`.
 """
 
 from dypo_train.ops.advantages import group_advantages
+from dypo_train.ops.correction import CORRECTIONS, rollout_is_weights
 from dypo_train.ops.gate import Route, gate_names, get_gate, register_gate, route
 from dypo_train.ops.logits import token_entropy, token_logprobs, token_logprobs_and_entropy
 from dypo_train.ops.losses import (
@@ -19,6 +21,7 @@ from dypo_train.ops.losses import (
 from dypo_train.ops.tiers import EASY, HARD, MID, TIER_NAMES, UNSCORED, group_tiers
 
 __all__ = [
+    "CORRECTIONS",
     "EASY",
     "HARD",
     "MID",
@@ -36,6 +39,7 @@ __all__ = [
     "offpolicy_shaped_loss",
     "policy_loss",
     "register_gate",
+    "rollout_is_weights",
     "route",
     "sft_loss",
     "token_entropy",

@@ -182,6 +182,7 @@ def policy_loss(
     ratio_level: str = "token",
     norm: str = "token_mean",
     denominator: float | Tensor | None = None,
+    is_weights: Tensor | None = None,
 ):
     """Clipped surrogate -min(r A, clip(r, 1 - clip_eps, 1 + clip_eps_high) A) per token, + beta_kl * k3 KL.
 
@@ -192,12 +193,15 @@ def policy_loss(
     The KL term (only when `ref_logprobs` is given) is per token at both levels; its metric is
     reported whenever `ref_logprobs` is given, added to the loss only when beta_kl != 0.
     clip_frac is the share of counted tokens where the clipped branch is the larger loss.
+    `is_weights` (off-policy correction, `ops.rollout_is_weights`): detached per-token factors of the
+    clipped surrogate (not of the KL term), as TRL and verl apply their truncated importance weights.
 
     Shapes:
         logprobs, old_logprobs, ref_logprobs: (N, T)
         advantages: (N,) one per row (group-normalised upstream)
         mask:       (N, T) 1 = token counts
         weights:    (N,)
+        is_weights: (N, T) or None (all 1)
         returns:    loss (), {"clip_frac": (), "kl": (), "ratio_mean": ()}
     """
     m, counted, w = _masks(logprobs, mask, weights)
@@ -209,6 +213,8 @@ def policy_loss(
     unclipped = -ratio * adv  # (N, T)
     clipped = -ratio.clamp(1.0 - clip_eps, 1.0 + high) * adv  # (N, T)
     per_token = torch.maximum(unclipped, clipped)  # (N, T) = -min(r A, clip(r) A)
+    if is_weights is not None:
+        per_token = per_token * _like("is_weights", is_weights, logprobs.shape, counted).to(lp.dtype)  # (N, T)
     kl = torch.zeros_like(lp)
     if ref_logprobs is not None:
         kl = k3_kl(lp, _like("ref_logprobs", ref_logprobs, logprobs.shape, counted))  # (N, T)

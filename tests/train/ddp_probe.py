@@ -25,7 +25,7 @@ def train(self, **kwargs):
     record = {
         "process_index": acc.process_index, "num_processes": acc.num_processes, "distributed_type": str(acc.distributed_type),
         "env_rank": os.environ.get("RANK"), "env_world_size": os.environ.get("WORLD_SIZE"),
-        "model_class": type(self.setup.model).__name__, "tokens": [h["perf/tokens"] for h in history],
+        "model_class": type(self.setup.model).__name__, "tokens": [h["perf/rank_tokens"] for h in history],
     }
     Path(os.environ["DYPO_TEST_PROBE_DIR"], f"rank-{acc.process_index}.json").write_text(json.dumps(record))
     return history

@@ -143,6 +143,9 @@ def test_invalid_yaml_and_missing_file(tmp_path):
     ("dypo", ["model.reference=none"], "model.reference"),
     ("grpo", ["model.reference=none", "loss.beta_kl=0.1"], "loss.beta_kl"),
     ("sft", ["run.sft_steps=5"], "run.sft_steps"),
+    ("dypo", ["rollout.max_staleness=-1"], "rollout.max_staleness"),
+    ("dypo", ["loss.rollout_is_cap=0.5"], "loss.rollout_is_cap"),
+    ("dypo", ["loss.rollout_correction=tis", "data.old_logprobs=behaviour"], "loss.rollout_correction"),
 ])
 def test_out_of_range_names_the_field(recipe, sets, field):
     with pytest.raises(ConfigError) as e:
@@ -159,6 +162,13 @@ def test_rules_that_pass():
     assert resolve("dypo-no-gal", overrides=["model.reference=none"]).model.reference == "none"  # no GAL, no KL
     assert resolve("dypo", overrides=["model.reference=none", "loss.gal_reference=false"]).model.reference == "none"
     assert resolve("dypo", overrides=["optim.sft_buffer=4", "optim.sft_lr=1e-5"]).optim.sft_buffer == 4
+    assert resolve("dypo", overrides=["loss.rollout_correction=seq_tis", "loss.rollout_is_cap=1"]).loss.rollout_is_cap == 1
+
+
+@pytest.mark.parametrize("sets, staleness", [([], 0), (["rollout.overlap=true"], 1), (["rollout.max_staleness=3"], 3),
+                                             (["rollout.overlap=true", "rollout.max_staleness=2"], 2)])
+def test_staleness_generalises_overlap(sets, staleness):
+    assert resolve("dypo", overrides=sets).rollout.staleness == staleness
 
 
 @pytest.mark.parametrize("sets, key", [

@@ -100,6 +100,19 @@ def test_grpo_online_with_one_rollout(store, tiny_model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_negative_staleness(store, tiny_model_dir, tmp_path):
+    r = run(store.root, tiny_model_dir, tmp_path / "out", "rollout.max_staleness=-1", args=("--mode", "online"))
+    assert_one_line_error(r, "rollout.max_staleness=-1", ">= 0")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_rollout_server(store, tiny_model_dir, tmp_path):
+    r = run(store.root, tiny_model_dir, tmp_path / "out", "rollout.backend=server", "rollout.base_urls=[http://127.0.0.1:9/v1]",
+            args=("--mode", "online"))
+    assert_one_line_error(r, "127.0.0.1:9", "start it with")
+    assert_nothing_trained(tmp_path / "out")
+
+
 def test_config_file_missing(store, tiny_model_dir, tmp_path):
     r = run(store.root, tiny_model_dir, tmp_path / "out", args=("--config", str(tmp_path / "absent.yaml")))
     assert_one_line_error(r, "absent.yaml", "does not exist")

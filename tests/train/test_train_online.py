@@ -10,7 +10,7 @@
   recomputation with checkpoint step-1's weights (fp32 engine). Prompts longer than several KV blocks
   make a sync without `reset_prefix_cache` show (measured: 0.16 off; weights not pushed: 0.56 off;
   correct: 5e-7).
-- One-step-stale overlap: rollouts of step s come from policy version s - 1.
+- Stale overlap: with rollout.max_staleness=N the rollouts of step s come from policy version >= s - N.
 - The `dypo-train run --mode online` command prints its per-step line and exits 0.
 """
 
@@ -127,27 +127,37 @@ def test_every_rollout_stays_in_the_store(easy, online_run):
     assert samples == [(s, str(s - 1), PROMPTS_PER_STEP) for s in range(1, STEPS + 1)]
 
 
-# -- one-step-stale overlap ------------------------------------------------------------------------
+# -- stale overlap ------------------------------------------------------------------------------------
 
 
-def test_overlap_samples_one_step_stale(easy, tiny_model_dir, tmp_path):
-    """Step s trains on what version s - 1 sampled. `train` runs on one torch thread, where a new thread
-    starts with OpenMP's default (2 here): the rollout thread must take the caller's count, or vLLM's
-    CPU attention dies at the first prefetched step."""
-    steps, prompts, k, name = 3, 4, 4, "online-overlap"
-    run_dir, _ = train("dypo", base_sets(easy.root, tmp_path, name, tiny_model_dir, "data.mode=online", *online_sets(
-        f"run.max_steps={steps}", f"run.prompts_per_step={prompts}", f"rollout.k={k}", "rollout.overlap=true", "optim.lr=1e-3")))
+def test_overlap_samples_at_most_max_staleness_behind(easy, warm_start, tmp_path):
+    """With rollout.max_staleness=2 step s trains on what version >= s - 2 sampled (rollout.overlap=true is
+    max_staleness=1, test_train_eval runs it), and the truncated importance correction reports the mismatch.
+    `train` runs on one torch thread, where a new thread starts with OpenMP's default (2 here): the rollout
+    thread must take the caller's count, or vLLM's CPU attention dies at the first prefetched step."""
+    steps, prompts, k, name = 4, 4, 8, "online-overlap"
+    run_dir, _ = train("dypo", base_sets(easy.root, tmp_path, name, warm_start, "data.mode=online", *online_sets(
+        f"run.max_steps={steps}", f"run.prompts_per_step={prompts}", f"rollout.k={k}", "rollout.max_staleness=2",
+        "optim.lr=1e-2", "loss.rollout_correction=tis")))
     assert latest_dir(run_dir).name == checkpoint_name(steps)
     metrics = step_metrics(easy.root, name)
     for s in range(1, steps + 1):
         assert {"time/generate", "time/weight_sync", "time/train", "time/verify"} <= metrics[s].keys()
-    assert [metrics[s]["policy/staleness"] for s in range(1, steps + 1)] == [0.0, 1.0, 1.0]
+    assert [metrics[s]["rollout/staleness"] for s in range(1, steps + 1)] == [0.0, 1.0, 2.0, 2.0]
     versions = query(easy.root, """
         SELECT s.step, any_value(g.policy_version), count(*) FROM train_samples s JOIN groups g USING (group_id)
         WHERE s.run_id = ? GROUP BY s.step ORDER BY s.step""", [name])
-    assert versions == [(1, "0", prompts), (2, "0", prompts), (3, "1", prompts)]
+    assert versions == [(1, "0", prompts), (2, "0", prompts), (3, "0", prompts), (4, "1", prompts)]
     (n,), = query(easy.root, "SELECT count(*) FROM traces WHERE source = ?", [f"online:{name}"])
-    assert n == steps * prompts * k  # the last step prefetches nothing
+    assert n == steps * prompts * k  # the last steps prefetch nothing beyond the run
+    trained = [s for s in range(1, steps + 1) if "rollout/is_weight_mean" in metrics[s]]  # steps with RL rows
+    for s in trained:
+        assert 0 < metrics[s]["rollout/is_weight_mean"] <= 2.0  # truncated at loss.rollout_is_cap
+    if 1 in trained:  # on-policy: the fp32 engine's logprobs are the trainer's
+        assert abs(metrics[1]["rollout/mismatch_kl"]) < 1e-4, metrics[1]
+    stale = [s for s in trained if s > 1]
+    assert stale, metrics  # the warm start makes mid groups (RL rows) at most steps
+    assert max(abs(metrics[s]["rollout/mismatch_kl"]) for s in stale) > 1e-4  # trained on what older weights sampled
 
 
 # -- the CLI, and the weights the engine samples with ----------------------------------------------
