@@ -2,12 +2,13 @@
 vLLM-CPU engine on its own core, against one process on the same global step: the same rollouts (per-sample
 seeds), the same losses and the same weights, to fp32 tolerance; every rollout stored once, one shard per rank.
 
-Slow: two runs of three engines in all, on a warm-started tiny policy (mid groups, so the RL and GAL terms train)."""
+In the default suite (about a minute): two runs of three engines in all, on a warm-started tiny policy (mid groups,
+so the RL and GAL terms train)."""
 
 from __future__ import annotations
 
-import subprocess
 import os
+import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -28,8 +29,6 @@ from train_runs import (
 )
 
 from dypo_data.store import shard_files
-
-pytestmark = pytest.mark.slow
 
 STEPS, PROMPTS, K = 2, 4, 8
 TOL = 1e-5

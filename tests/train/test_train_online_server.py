@@ -7,7 +7,8 @@ through the shared-path transport after each update:
   a one-line error, its last checkpoint intact, and --resume continues once a server is back;
 - bad input: servers serving another model (an unreachable server: test_train_cli_errors).
 
-Slow: starts two servers (about 20-40 s each on this CPU) and runs three short online trainings."""
+The weight-following and wrong-model tests are in the default suite (two servers, about 20-40 s each to start on this CPU, and one
+short run); the kill-and-resume test is marked slow."""
 
 from __future__ import annotations
 
@@ -24,8 +25,6 @@ from train_runs import assert_one_line_error, cli, cli_command, cli_env, latest_
 from dypo_train.loop.checkpoint import checkpoint_name
 from dypo_train.online.serve import rollout_server_spec, start_rollout_servers
 from dypo_train.online.weight_transfer import server_root
-
-pytestmark = pytest.mark.slow
 
 NAME = "tiny-srv"
 PROMPTS, K = 4, 4
@@ -88,6 +87,7 @@ def test_rollouts_follow_the_pushed_weights(servers, store, tiny_model_dir, tmp_
     assert moved > 0.05, moved  # the first update changed what the servers sample
 
 
+@pytest.mark.slow
 def test_a_server_killed_mid_run_then_none_left_then_resume(servers, store, tiny_model_dir, tmp_path):
     urls = [s.base_url for s in servers]
     run_dir = tmp_path / "kill"
