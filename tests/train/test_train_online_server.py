@@ -7,8 +7,8 @@ through the shared-path transport after each update:
   a one-line error, its last checkpoint intact, and --resume continues once a server is back;
 - bad input: servers serving another model (an unreachable server: test_train_cli_errors).
 
-The weight-following and wrong-model tests are in the default suite (two servers, about 20-40 s each to start on this CPU, and one
-short run); the kill-and-resume test is marked slow."""
+The weight-following and wrong-model tests are in the default suite (two servers, about 20-40 s each to start
+on this CPU, and one short run); the kill-and-resume test is marked slow."""
 
 from __future__ import annotations
 
