@@ -24,7 +24,7 @@ from pathlib import Path
 import duckdb
 
 from dypo_data.errors import InputError
-from dypo_data.store.views import VIEW_NAMES, define_views
+from dypo_data.store.views import VIEW_NAMES, bind_shard_variables, define_views
 
 READ_ONLY_HINT = "dypo-data sql only reads; save a result with --out FILE (.csv, .jsonl or .parquet) outside the store"
 
@@ -37,13 +37,15 @@ def read_only_connection(root: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         database = str(scratch / "views.duckdb")
         build = duckdb.connect(database)
         try:
-            files = define_views(build, root.resolve())
+            files = define_views(build, root.resolve(), save_catalog=False)
         finally:
             build.close()
         con = duckdb.connect(database, read_only=True)
         try:
-            if files:
-                con.execute("SET allowed_paths = ?", [[str(p) for p in files]])
+            bind_shard_variables(con, files)
+            paths = [str(p) for table_files in files.values() for p in table_files]
+            if paths:
+                con.execute("SET allowed_paths = ?", [paths])
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
             yield con

@@ -8,6 +8,7 @@ Layout of a store directory::
       verdicts/part-<run_id>-<seq>.parquet
       runs/<run_id>.json            manifest, written last when a run completes
       .leases/<work>.lock           who writes what right now (see lease.py)
+      .catalog/<table>.json         shards already validated (a cache, see catalog.py)
 
 A shard is written to a hidden temporary name (`.tmp-*.partial`, which no `*.parquet` glob
 matches) and renamed into place once complete, so a killed writer leaves no partial shard behind.
@@ -31,8 +32,7 @@ import pyarrow.parquet as pq
 
 from dypo_data.contracts.schemas import SCHEMA_VERSION, TABLE_KEY, TABLES, VERSION_KEY
 from dypo_data.errors import InputError, SchemaError, StoreError
-
-TMP_PREFIX = ".tmp-"
+from dypo_data.store.catalog import TMP_PREFIX, listed_shards, load_catalog, save_catalog
 
 
 def store_write_error(path: Path, exc: OSError) -> StoreError:
@@ -147,15 +147,24 @@ def _check_columns(path: Path, table: str, found: pa.Schema) -> None:
         )
 
 
-def shard_files(root: Path, table: str) -> list[Path]:
-    """All complete, validated shards of `table`, in name order (temporary files are skipped)."""
+def shard_files(root: Path, table: str, *, save: bool = True) -> list[Path]:
+    """All complete, validated shards of `table`, in name order (temporary files are skipped).
+
+    Only files the shard catalog has not validated yet (new, or changed since) have their footer
+    read; the others cost a `stat` (see catalog.py). `save=False` leaves the catalog as it is (a
+    reader that promises not to write to the store).
+    """
     folder = root / table
-    if not folder.is_dir():
+    listed = listed_shards(folder)
+    if not listed:
         return []
-    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
-    for path in files:
-        validate_shard(path, table)
-    return files
+    known = load_catalog(root, table)
+    for name in sorted(listed):
+        if known.get(name) != listed[name]:
+            validate_shard(folder / name, table)
+    if save and listed != known:
+        save_catalog(root, table, listed)
+    return [folder / name for name in sorted(listed)]
 
 
 def read_table(root: Path, table: str, columns: list[str] | None = None) -> pa.Table:

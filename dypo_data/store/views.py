@@ -79,23 +79,40 @@ DERIVED_VIEWS: dict[str, str] = {
 }
 
 
+def shard_variable(table: str) -> str:
+    """The DuckDB variable holding the list of `table`'s shard files, which its view reads."""
+    return f"dypo_shards_{table}"
+
+
 def _table_source(con: duckdb.DuckDBPyConnection, table: str, files: list[Path]) -> str:
     """SQL that reads the table's shards, or an empty table with its schema (stored in the database,
-    so a database file reopened read-only still has it)."""
+    so a database file reopened read-only still has it).
+
+    The file list is bound as a variable, not written into the SQL: DuckDB parses a literal list of
+    thousands of paths slowly, and a bound list costs nothing to bind. Every shard was checked to
+    have exactly the table's columns, which DuckDB matches by name, so only the first file's footer
+    is read when the view is defined.
+    """
     if files:
-        listing = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
-        return f"SELECT * FROM read_parquet([{listing}], union_by_name = true)"
+        con.execute(f"SET VARIABLE {shard_variable(table)} = ?", [[str(p) for p in files]])
+        return f"SELECT * FROM read_parquet(getvariable('{shard_variable(table)}'))"
     empty_name = f"_empty_{table}"
     con.from_arrow(TABLES[table].empty_table()).create(empty_name)
     return f"SELECT * FROM {empty_name}"
 
 
-def define_views(con: duckdb.DuckDBPyConnection, root: Path) -> list[Path]:
-    """Create every view of the store in `con`; returns the shard files the views read."""
-    read: list[Path] = []
+def define_views(con: duckdb.DuckDBPyConnection, root: Path, *, save_catalog: bool = True) -> dict[str, list[Path]]:
+    """Create every view of the store in `con`; returns the shard files each table's view reads.
+
+    `save_catalog=False`: nothing is written to the store, not even the shard catalog (catalog.py).
+
+    The views read DuckDB variables (`shard_variable`); a connection opened later on a database
+    file holding these views needs `bind_shard_variables` first.
+    """
+    read: dict[str, list[Path]] = {}
     for table, (key, order) in _DEDUP.items():
-        files = shard_files(root, table)
-        read.extend(files)
+        files = shard_files(root, table, save=save_catalog)
+        read[table] = files
         source = _table_source(con, table, files)
         con.execute(
             f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM ({source}) "
@@ -106,10 +123,21 @@ def define_views(con: duckdb.DuckDBPyConnection, root: Path) -> list[Path]:
     return read
 
 
-def connect(root: Path, *, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with every view of the store defined (for the jobs' own queries)."""
+def bind_shard_variables(con: duckdb.DuckDBPyConnection, files: dict[str, list[Path]]) -> None:
+    """Set the variables the views of `define_views` read, on another connection to their database."""
+    for table, paths in files.items():
+        if paths:
+            con.execute(f"SET VARIABLE {shard_variable(table)} = ?", [[str(p) for p in paths]])
+
+
+def connect(root: Path, *, database: str = ":memory:", save_catalog: bool = True) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with every view of the store defined (for the jobs' own queries).
+
+    The views read the shard lists from variables of this connection: query them through it, not
+    through a `cursor()` (a new connection without the variables).
+    """
     con = duckdb.connect(database)
-    define_views(con, root)
+    define_views(con, root, save_catalog=save_catalog)
     return con
 
 

@@ -1,0 +1,96 @@
+"""The shard catalog: which files of a table are live shards, without opening every file at every open.
+
+Opening a store used to read every shard's footer (table tag, schema version, columns) on every
+open: thousands of files for a store that long runs filled. The catalog remembers, per table, the
+shards already validated in `STORE/.catalog/<table>.json` (name, size, modification time, inode):
+an open lists the table's folder (one directory read, a `stat` per entry, no file opened) and
+validates only the files the catalog does not know or whose size, time or inode changed (a new
+shard, a file replaced by hand). So after the first open an open reads one small file per table,
+however many shards there are; a foreign or damaged file added later is still named, because it is
+new to the catalog.
+
+The catalog is a cache, never the truth: a missing, unreadable or outdated catalog (another schema
+version) is rebuilt by validating every shard, and the listing of the folder decides what exists.
+Writers do not touch it (their atomicity is unchanged); the first reader after them validates their
+new shards and saves the catalog by writing a temporary file and renaming it. A store the reader may
+not write keeps working, only without the saving. Compactions (compaction.py) name shards they
+replaced; those are left out of the listing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dypo_data.contracts.schemas import SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+CATALOG_DIR = ".catalog"
+CATALOG_VERSION = 1
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class ShardStat:
+    """What identifies a validated shard file: if any of it changes, the file is validated again."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "ShardStat":
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def catalog_path(root: Path, table: str) -> Path:
+    return root / CATALOG_DIR / f"{table}.json"
+
+
+def load_catalog(root: Path, table: str) -> dict[str, ShardStat]:
+    """The shards recorded as validated ({} when there is no usable catalog)."""
+    try:
+        data = json.loads(catalog_path(root, table).read_text())
+        if data.get("version") != CATALOG_VERSION or data.get("schema_version") != SCHEMA_VERSION:
+            return {}
+        return {name: ShardStat(*entry) for name, entry in data["shards"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def save_catalog(root: Path, table: str, shards: dict[str, ShardStat]) -> None:
+    """Write the catalog atomically; a store the process may not write is left as it is."""
+    path = catalog_path(root, table)
+    tmp = path.with_name(f"{TMP_PREFIX}{table}-{os.getpid()}.json.partial")
+    body = {"version": CATALOG_VERSION, "schema_version": SCHEMA_VERSION,
+            "shards": {name: [s.size, s.mtime_ns, s.ino] for name, s in sorted(shards.items())}}
+    try:
+        path.parent.mkdir(exist_ok=True)
+        tmp.write_text(json.dumps(body, separators=(",", ":")))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("shard catalog of %s not saved (%s)", path, exc)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def listed_shards(folder: Path) -> dict[str, ShardStat]:
+    """Every complete shard file in `folder` with its stat (temporary files are skipped); no file is opened."""
+    found = {}
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.endswith(".parquet") and not entry.name.startswith(TMP_PREFIX):
+                    try:
+                        found[entry.name] = ShardStat.of(entry.stat())
+                    except FileNotFoundError:  # removed while listing (a finished compaction)
+                        continue
+    except FileNotFoundError:
+        return {}
+    return found
