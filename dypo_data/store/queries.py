@@ -5,6 +5,8 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
+from dypo_data.store.views import located_source
+
 UNSCORED_TRACES = """
     SELECT t.trace_id, t.completion, p.answer AS gold
     FROM traces t JOIN prompts p USING (prompt_id)
@@ -183,3 +185,48 @@ def eval_names(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[str]]:
     """(models, benchmarks) that have eval results."""
     models, benchmarks = con.execute(EVAL_NAMES).fetchall()[0]
     return list(models or []), list(benchmarks or [])
+
+
+# -- a training run's rows, located once at plan time ------------------------------------------------
+# Each query joins a registered Arrow table of the run's ids (`run_units`: column unit) and returns
+# small columns plus where each row lies (filename, file_row_number), ordered as the trainer reads
+# them; the large columns are then read by location (shards.read_shard_rows), one pass in all.
+
+def _with_units(con: duckdb.DuckDBPyConnection, units: list[str], query: str, params: list | None = None) -> pa.Table:
+    con.register("run_units", pa.table({"unit": pa.array(units, pa.string())}))
+    try:
+        return fetch_arrow(con, query, params)
+    finally:
+        con.unregister("run_units")
+
+
+def rollout_locations(con: duckdb.DuckDBPyConnection, group_ids: list[str]) -> pa.Table:
+    """The policy rollouts of `group_ids` with their latest verdict, by group, sample index and trace id."""
+    query = f"""
+        SELECT t.group_id, t.prompt_id, t.trace_id, t.sample_idx, v.reward, v.correct, t.filename, t.file_row_number
+        FROM ({located_source("traces")}) t
+        JOIN run_units u ON t.group_id = u.unit
+        LEFT JOIN latest_verdicts v USING (trace_id)
+        WHERE t.role = 'policy'
+        ORDER BY t.group_id, t.sample_idx, t.trace_id
+    """
+    return _with_units(con, group_ids, query)
+
+
+def teacher_locations(con: duckdb.DuckDBPyConnection, prompt_ids: list[str], teachers: list[str]) -> pa.Table:
+    """The teacher pool (verified-correct teacher traces) of `prompt_ids` by the teachers named, by prompt, model and trace id."""
+    query = f"""
+        SELECT t.prompt_id, t.trace_id, t.model, t.filename, t.file_row_number
+        FROM ({located_source("traces")}) t
+        JOIN run_units u ON t.prompt_id = u.unit
+        JOIN latest_verdicts v USING (trace_id)
+        WHERE t.role = 'teacher' AND v.correct AND list_contains(?, t.model)
+        ORDER BY t.prompt_id, t.model, t.trace_id
+    """
+    return _with_units(con, prompt_ids, query, [teachers])
+
+
+def prompts_of(con: duckdb.DuckDBPyConnection, prompt_ids: list[str]) -> pa.Table:
+    """prompt_id, messages and gold answer of `prompt_ids`, by prompt id."""
+    query = "SELECT p.prompt_id, p.messages, p.answer FROM prompts p JOIN run_units u ON p.prompt_id = u.unit ORDER BY p.prompt_id"
+    return _with_units(con, prompt_ids, query)

@@ -19,12 +19,14 @@ stops reads with an error naming it (damaged data pages: see damage.py).
 
 from __future__ import annotations
 
+import bisect
 import errno
 import json
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -182,6 +184,26 @@ def read_table(root: Path, table: str, columns: list[str] | None = None) -> pa.T
         except (pa.ArrowException, OSError) as exc:
             raise damaged_shard_error(path, str(exc).strip().splitlines()[0]) from exc
     return pa.concat_tables(parts)
+
+
+def read_shard_rows(path: Path, rows: Sequence[int], columns: list[str]) -> pa.Table:
+    """`columns` of the rows `rows` (0-based row numbers, ascending) of one shard, in that order,
+    reading only the row groups that hold them (a damaged shard is named)."""
+    parts, start, i = [], 0, 0
+    try:
+        shard = pq.ParquetFile(path)
+        for group in range(shard.metadata.num_row_groups):
+            end = start + shard.metadata.row_group(group).num_rows
+            j = bisect.bisect_left(rows, end, lo=i)
+            if j > i:
+                taken = pa.array([r - start for r in rows[i:j]], pa.int64())
+                parts.append(shard.read_row_group(group, columns=columns).take(taken))
+            i, start = j, end
+    except (pa.ArrowException, OSError) as exc:
+        raise damaged_shard_error(path, str(exc).strip().splitlines()[0]) from exc
+    if i != len(rows):
+        raise damaged_shard_error(path, f"it holds {start} rows, not row {rows[i]}")
+    return pa.concat_tables(parts) if parts else shard.schema_arrow.empty_table().select(columns)
 
 
 def damaged_shard_error(path: Path, reason: str) -> SchemaError:

@@ -123,6 +123,23 @@ def define_views(con: duckdb.DuckDBPyConnection, root: Path, *, save_catalog: bo
     return read
 
 
+def located_source(table: str) -> str:
+    """The rows of `table`'s view with where each lies: `filename` and `file_row_number` (0-based) added.
+
+    The same deduplication as the view (the same row of a duplicated key is kept), over the same
+    files; a query selecting only small columns reads only those (read the large ones by location
+    with `shards.read_shard_rows`). Needs shards: check `has_shards` first.
+    """
+    key, order = _DEDUP[table]
+    return (f"SELECT * FROM read_parquet(getvariable('{shard_variable(table)}'), filename = true, file_row_number = true) "
+            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order}) = 1")
+
+
+def has_shards(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether `table`'s view (defined on `con`) reads any shard."""
+    return bool(con.execute(f"SELECT getvariable('{shard_variable(table)}') IS NOT NULL").fetchall()[0][0])
+
+
 def bind_shard_variables(con: duckdb.DuckDBPyConnection, files: dict[str, list[Path]]) -> None:
     """Set the variables the views of `define_views` read, on another connection to their database."""
     for table, paths in files.items():
