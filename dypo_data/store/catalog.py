@@ -19,6 +19,7 @@ replaced; those are left out of the listing.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -94,3 +95,78 @@ def listed_shards(folder: Path) -> dict[str, ShardStat]:
     except FileNotFoundError:
         return {}
     return found
+
+
+# -- compactions: which shards a compaction replaced (see compaction.py) ------------------------------
+
+COMPACTIONS = "compactions"
+
+
+def compactions_dir(root: Path) -> Path:
+    return root / CATALOG_DIR / COMPACTIONS
+
+
+def compaction_records(root: Path, table: str | None = None) -> list[tuple[Path, dict]]:
+    """The recorded compactions (of `table`, or of all tables), oldest name first: (record file, record)."""
+    folder = compactions_dir(root)
+    records = []
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith(TMP_PREFIX))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for name in names:
+        try:
+            record = json.loads((folder / name).read_text())
+        except FileNotFoundError:  # finished and removed meanwhile
+            continue
+        if table is None or record["table"] == table:
+            records.append((folder / name, record))
+    return records
+
+
+def hidden_shards(root: Path, table: str, listed: set[str]) -> set[str]:
+    """Shard names a reader must leave out: those a complete compaction replaced, and the parts of
+    an incomplete one (a compaction is complete once every part it records is in place)."""
+    hidden: set[str] = set()
+    for _, record in compaction_records(root, table):
+        parts = set(record["parts"])
+        hidden |= set(record["replaces"]) if parts <= listed else parts & listed
+    return hidden
+
+
+# -- readers: a shared lock while a process may read shard files ----------------------------------------
+
+READERS_LOCK = Path(".leases") / "readers.lock"
+
+
+def hold_readers(root: Path, *, create: bool = True) -> int | None:
+    """Take the store's shared readers lock (BSD flock) and return its descriptor (close it to release).
+
+    While any reader holds it, a compaction leaves the shards it replaced in place (readers listed
+    them and may still read them); it removes them once no reader is left. `create=False` (a reader
+    that writes nothing to the store) takes it only if the lock file exists: a compaction creates it
+    first. None where there is no lock file to take.
+    """
+    path = root / READERS_LOCK
+    try:
+        if create:
+            path.parent.mkdir(exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        else:
+            fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def release_readers(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)

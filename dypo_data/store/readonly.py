@@ -24,6 +24,7 @@ from pathlib import Path
 import duckdb
 
 from dypo_data.errors import InputError
+from dypo_data.store.catalog import hold_readers, release_readers
 from dypo_data.store.views import VIEW_NAMES, bind_shard_variables, define_views
 
 READ_ONLY_HINT = "dypo-data sql only reads; save a result with --out FILE (.csv, .jsonl or .parquet) outside the store"
@@ -33,6 +34,7 @@ READ_ONLY_HINT = "dypo-data sql only reads; save a result with --out FILE (.csv,
 def read_only_connection(root: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection that can read the store's views and shards and nothing else (see the module docstring)."""
     scratch = Path(tempfile.mkdtemp(prefix="dypo-sql-"))
+    readers = hold_readers(root, create=False)  # a compaction keeps the files listed here until the query is done
     try:
         database = str(scratch / "views.duckdb")
         build = duckdb.connect(database)
@@ -52,6 +54,7 @@ def read_only_connection(root: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         finally:
             con.close()
     finally:
+        release_readers(readers)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

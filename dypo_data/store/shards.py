@@ -34,7 +34,9 @@ import pyarrow.parquet as pq
 
 from dypo_data.contracts.schemas import SCHEMA_VERSION, TABLE_KEY, TABLES, VERSION_KEY
 from dypo_data.errors import InputError, SchemaError, StoreError
-from dypo_data.store.catalog import TMP_PREFIX, listed_shards, load_catalog, save_catalog
+from dypo_data.store.catalog import (
+    TMP_PREFIX, hidden_shards, hold_readers, listed_shards, load_catalog, release_readers, save_catalog,
+)
 
 
 def store_write_error(path: Path, exc: OSError) -> StoreError:
@@ -166,13 +168,21 @@ def shard_files(root: Path, table: str, *, save: bool = True) -> list[Path]:
             validate_shard(folder / name, table)
     if save and listed != known:
         save_catalog(root, table, listed)
-    return [folder / name for name in sorted(listed)]
+    hidden = hidden_shards(root, table, set(listed))  # replaced by a compaction, or parts of one not complete
+    return [folder / name for name in sorted(listed) if name not in hidden]
 
 
 def read_table(root: Path, table: str, columns: list[str] | None = None) -> pa.Table:
     """Concatenate every shard of `table` (empty table with the schema when there is none)."""
+    readers = hold_readers(root)  # a compaction keeps the files listed here until the read is done
+    try:
+        return _read_shards(shard_files(root, table), table, columns)
+    finally:
+        release_readers(readers)
+
+
+def _read_shards(files: list[Path], table: str, columns: list[str] | None) -> pa.Table:
     schema = TABLES[table]
-    files = shard_files(root, table)
     if columns is not None:
         schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
     if not files:

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import weakref
+
 import duckdb
 
 from dypo_data.contracts.schemas import TABLES
+from dypo_data.store.catalog import hold_readers, release_readers
 from dypo_data.store.shards import shard_files
 
 # table -> (key, ORDER BY of the row kept among duplicates of the key)
@@ -151,9 +154,13 @@ def connect(root: Path, *, database: str = ":memory:", save_catalog: bool = True
     """A DuckDB connection with every view of the store defined (for the jobs' own queries).
 
     The views read the shard lists from variables of this connection: query them through it, not
-    through a `cursor()` (a new connection without the variables).
+    through a `cursor()` (a new connection without the variables). `save_catalog=False` writes nothing
+    to the store (no shard catalog, no readers lock file).
     """
+    # held while the connection lives: a compaction keeps the files it lists (see catalog.hold_readers)
+    readers = hold_readers(root, create=save_catalog)
     con = duckdb.connect(database)
+    weakref.finalize(con, release_readers, readers)
     define_views(con, root, save_catalog=save_catalog)
     return con
 

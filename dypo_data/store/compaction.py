@@ -1,0 +1,251 @@
+"""Compaction: merge a table's small shards into large sorted files, without exact duplicates, crash-safely.
+
+Long runs leave thousands of small shards (generate writes one every 256 traces, verify one every
+1,024 verdicts), and every query pays per file. `compact_table` merges the shards smaller than half
+the target size into files of about the target size, sorted by the table's key (so row-group
+statistics let a filter on it skip most of a file) and without rows that are exact duplicates of
+another (a resumed run's repeats: the views never counted them, now the files do not hold them).
+The views return exactly the same rows before and after.
+
+How a compaction changes the store, each step safe to be killed at:
+
+1. the merged parts are written under temporary names (`.tmp-*`, which no reader lists);
+2. a record `.catalog/compactions/<id>.json` names the parts and the shards they replace;
+3. the parts are renamed into place; a reader that lists the table leaves out the parts of a record
+   while any part is missing, and the replaced shards once every part is there (catalog.py): the
+   last rename switches every reader from the old files to the new ones at once, never both or
+   neither;
+4. the replaced shards are removed, then the record, but only while no reader holds the store's
+   readers lock (a reader listed its files before and may still read them); otherwise they stay,
+   unlisted, until a later compaction finds no reader.
+
+A rerun (of a killed compaction) first finishes what a record says: it renames the parts still
+under temporary names (all were complete before the record was written), or, if a part is gone,
+drops the record and its parts, and it removes temporary files no record names. Two compactions
+never run at once (a lease). Writers need not stop: a compaction merges only the shards that exist
+when it starts, a writer only adds new ones, and a writer's reads of the store hold the readers
+lock like any reader's.
+
+Plain DuckDB or Polars globbing `STORE/<table>/*.parquet` reads the replaced shards beside the parts
+between steps 3 and 4 (or until a later compaction removes them); dypo's views and readers never do.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dypo_data.contracts.schemas import TABLES
+from dypo_data.store.catalog import READERS_LOCK, TMP_PREFIX, compaction_records, compactions_dir
+from dypo_data.store.shards import shard_files, store_write_error
+
+# table -> ORDER BY of its merged files: rows of one prompt, trace or run sit together
+SORT_KEYS = {
+    "prompts": "prompt_id, created_at",
+    "traces": "prompt_id, role, model, group_id, sample_idx, trace_id, created_at",
+    "verdicts": "trace_id, created_at, verdict_id",
+    "train_metrics": "run_id, step, name, created_at",
+    "train_samples": "run_id, step, prompt_id, created_at",
+    "eval_results": "benchmark, model, policy_version, metric, created_at",
+}
+COMPACT_PREFIX = "part-compact-"
+
+
+@dataclass(frozen=True)
+class CompactionPlan:
+    """What to merge: a table's live shards below the size threshold (at least two of them)."""
+
+    table: str
+    shards: list[Path]
+    bytes: int
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    table: str
+    shards_merged: int
+    parts_written: int
+    rows_in: int
+    rows_out: int
+    bytes_in: int
+    bytes_out: int
+    replaced_kept: int  # replaced shards left in place because readers were open
+
+
+def plan_compaction(root: Path, table: str, *, target_bytes: int) -> CompactionPlan | None:
+    """The shards of `table` to merge (those under half the target size), or None if fewer than two."""
+    small = [p for p in shard_files(root, table) if p.stat().st_size < target_bytes // 2]
+    if len(small) < 2:
+        return None
+    return CompactionPlan(table, small, sum(p.stat().st_size for p in small))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _PartWriter:
+    """Writes batches into parts of about `target_bytes` each, under temporary names."""
+
+    def __init__(self, folder: Path, table: str, compaction_id: str, *, target_bytes: int, row_group_rows: int) -> None:
+        self.folder, self.table, self.id = folder, table, compaction_id
+        self.target, self.row_group_rows = target_bytes, row_group_rows
+        self.parts: list[str] = []
+        self.rows = 0
+        self._sink: pa.NativeFile | None = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def temp(self, name: str) -> Path:
+        return self.folder / f"{TMP_PREFIX}{name}.partial"
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self._writer is None:
+            name = f"{COMPACT_PREFIX}{self.id}-{len(self.parts):04d}.parquet"
+            self.parts.append(name)
+            self._sink = pa.OSFile(str(self.temp(name)), "wb")
+            self._writer = pq.ParquetWriter(self._sink, TABLES[self.table], compression="zstd")
+        self._writer.write_table(pa.Table.from_batches([batch]).cast(TABLES[self.table]), row_group_size=self.row_group_rows)
+        self.rows += batch.num_rows
+        if self._sink.tell() >= self.target:
+            self.close_part()
+
+    def close_part(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+            _fsync(self.temp(self.parts[-1]))
+            self._writer = self._sink = None
+
+
+def _merge(plan: CompactionPlan, writer: _PartWriter, scratch: Path, memory_limit: str) -> int:
+    """Stream the distinct rows of the plan's shards, sorted, into `writer`; returns the rows read."""
+    con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(scratch), "threads": 2})
+    try:
+        con.execute("SET VARIABLE compact_files = ?", [[str(p) for p in plan.shards]])
+        rows_in = con.execute("SELECT count(*) FROM read_parquet(getvariable('compact_files'))").fetchall()[0][0]
+        columns = ", ".join(TABLES[plan.table].names)
+        relation = con.sql(f"SELECT DISTINCT {columns} FROM read_parquet(getvariable('compact_files')) "
+                           f"ORDER BY {SORT_KEYS[plan.table]}")
+        for batch in relation.to_arrow_reader(batch_size=writer.row_group_rows):
+            writer.write(batch)
+        writer.close_part()
+    finally:
+        con.close()
+    return int(rows_in)
+
+
+def _write_record(root: Path, compaction_id: str, record: dict) -> Path:
+    folder = compactions_dir(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    final, tmp = folder / f"{compaction_id}.json", folder / f"{TMP_PREFIX}{compaction_id}.json.partial"
+    tmp.write_text(json.dumps(record, indent=1))
+    _fsync(tmp)
+    os.replace(tmp, final)
+    _fsync(folder)
+    return final
+
+
+def compact_table(root: Path, plan: CompactionPlan, *, target_bytes: int, row_group_rows: int = 8192,
+                  memory_limit: str = "1GB") -> CompactionResult:
+    """Merge the plan's shards (see the module docstring for the steps and what a kill at each leaves)."""
+    folder = root / plan.table
+    compaction_id = f"{plan.table}-{uuid.uuid4().hex[:12]}"
+    writer = _PartWriter(folder, plan.table, compaction_id, target_bytes=target_bytes, row_group_rows=row_group_rows)
+    scratch = root / f"{TMP_PREFIX}{compaction_id}.spill"
+    try:
+        scratch.mkdir()
+        rows_in = _merge(plan, writer, scratch, memory_limit)
+    except OSError as exc:
+        _discard_parts(writer)
+        raise store_write_error(folder, exc) from exc
+    except BaseException:
+        _discard_parts(writer)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    record = {"table": plan.table, "parts": writer.parts, "replaces": [p.name for p in plan.shards]}
+    record_path = _write_record(root, compaction_id, record)
+    for name in writer.parts:
+        os.replace(writer.temp(name), folder / name)
+    _fsync(folder)
+    kept = _finish(root, record_path, record)
+    bytes_out = sum((folder / n).stat().st_size for n in writer.parts)
+    return CompactionResult(plan.table, len(plan.shards), len(writer.parts), rows_in, writer.rows, plan.bytes, bytes_out, kept)
+
+
+def _discard_parts(writer: _PartWriter) -> None:
+    try:
+        if writer._writer is not None:
+            writer._writer.close()
+            writer._sink.close()
+    except (OSError, pa.ArrowException):
+        pass
+    for name in writer.parts:
+        writer.temp(name).unlink(missing_ok=True)
+
+
+def _finish(root: Path, record_path: Path, record: dict) -> int:
+    """Remove the shards a complete compaction replaced, then its record, if no reader holds the store;
+    returns how many replaced shards stay (readers are open)."""
+    folder = root / record["table"]
+    lock = root / READERS_LOCK
+    lock.parent.mkdir(exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return sum((folder / name).exists() for name in record["replaces"])
+        for name in record["replaces"]:
+            (folder / name).unlink(missing_ok=True)
+        _fsync(folder)
+        record_path.unlink(missing_ok=True)
+        return 0
+    finally:
+        os.close(fd)
+
+
+def recover(root: Path) -> int:
+    """Finish or undo what killed compactions left (see the module docstring); returns replaced shards still kept.
+
+    Call only while holding the compaction lease: temporary compaction files are then nobody's work.
+    """
+    kept = 0
+    named: set[str] = set()
+    for record_path, record in compaction_records(root):
+        folder = root / record["table"]
+        named |= set(record["parts"])
+        missing = [n for n in record["parts"] if not (folder / n).exists()]
+        if all((folder / f"{TMP_PREFIX}{n}.partial").exists() for n in missing):
+            for name in missing:  # every part was complete before the record was written: roll forward
+                os.replace(folder / f"{TMP_PREFIX}{name}.partial", folder / name)
+            kept += _finish(root, record_path, record)
+        else:  # a part was lost (removed by hand): the replaced shards still hold every row
+            for name in record["parts"]:  # parts first: while the record exists, readers leave them out
+                (folder / name).unlink(missing_ok=True)
+                (folder / f"{TMP_PREFIX}{name}.partial").unlink(missing_ok=True)
+            record_path.unlink()
+    for table in TABLES:
+        folder = root / table
+        if folder.is_dir():
+            for path in folder.glob(f"{TMP_PREFIX}{COMPACT_PREFIX}*"):
+                if path.name[len(TMP_PREFIX):-len(".partial")] not in named:
+                    path.unlink(missing_ok=True)
+    for spill in root.glob(f"{TMP_PREFIX}*.spill"):
+        shutil.rmtree(spill, ignore_errors=True)
+    for leftover in compactions_dir(root).glob(f"{TMP_PREFIX}*"):  # a record killed while being written
+        leftover.unlink(missing_ok=True)
+    return kept
