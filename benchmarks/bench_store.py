@@ -3,13 +3,15 @@
 Stores of 2k, 20k and 100k prompts in the project's own format and shard sizes (see scale_store.py:
 k = 8 policy rollouts of ~400 tokens with token ids and logprobs, 2 teacher traces per prompt, all
 verified) are built once and cached under `--cache` (deterministic for a size and seed, so a cached
-copy is the same store). A store of 10,000 tiny shards times opening alone. Operations:
+copy is the same store); `--compacted` sizes are also measured after `dypo-data compact` (on a copy
+made of hard links). A store of 10,000 tiny shards times opening alone. Operations:
 
     open      connect(): the store's views (dypo) / views over `STORE/<table>/*.parquet` (plain)
     tiers     the tier counts of the groups view, after open
     stats     `dypo-data stats` end to end (collect_stats) / the same five questions without the
               views' deduplication, end to end
-    plan      the offline trainer's plan (StoreStream: open, teacher names, unit ids) / the unit ids
+    plan      the offline trainer's plan (StoreStream: open, teacher names, unit ids, and since the
+              working set, copying the run's rows out of the store: one pass) / the unit ids
     step      one training step's read of 64 groups (rollouts with token ids, logprobs and rewards,
               prompts, teacher pool), after the plan, median over `--repeats` steps / the same rows
     unscored  verify's "what has no verdict under these settings", after open
@@ -44,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
-from bench_common import print_result, run_child  # noqa: E402
+from bench_common import cached_build, print_result, run_child  # noqa: E402
 
 CACHE_VERSION = 1
 OPS = ("open", "tiers", "stats", "plan", "step", "unscored")
@@ -58,15 +60,8 @@ def cached_store(cache: Path, n_prompts: int, seed: int) -> tuple[Path, float]:
     """The store for (n_prompts, seed), built into the cache unless already there; (path, build seconds)."""
     from scale_store import build_scale_store
 
-    root = cache / f"scale-v{CACHE_VERSION}-n{n_prompts}-s{seed}"
-    if root.is_dir():
-        return root, 0.0
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    started = time.perf_counter()
-    build_scale_store(tmp, n_prompts=n_prompts, seed=seed)
-    os.replace(tmp, root)
-    return root, time.perf_counter() - started
+    return cached_build(cache, f"scale-v{CACHE_VERSION}-n{n_prompts}-s{seed}",
+                        lambda tmp: build_scale_store(tmp, n_prompts=n_prompts, seed=seed))
 
 
 def many_shards_store(cache: Path, n_shards: int) -> Path:
@@ -78,17 +73,29 @@ def many_shards_store(cache: Path, n_shards: int) -> Path:
     from dypo_data.store import ShardWriter
     from scale_store import _problems
 
-    root = cache / f"shards-v{CACHE_VERSION}-{n_shards}"
-    if root.is_dir():
-        return root
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    row = sf._prompt_row(_problems(1, random.Random(0))[0])
-    first = ShardWriter(tmp, "many").write("prompts", pa.Table.from_pylist([row], schema=PROMPTS))
-    for i in range(1, n_shards):  # the same bytes under new names: opening cost depends on files, not rows
-        shutil.copyfile(first, first.with_name(f"part-many-{i:06d}.parquet"))
-    os.replace(tmp, root)
-    return root
+    def build(tmp: Path) -> None:
+        row = sf._prompt_row(_problems(1, random.Random(0))[0])
+        first = ShardWriter(tmp, "many").write("prompts", pa.Table.from_pylist([row], schema=PROMPTS))
+        for i in range(1, n_shards):  # the same bytes under new names: opening cost depends on files, not rows
+            shutil.copyfile(first, first.with_name(f"part-many-{i:06d}.parquet"))
+
+    return cached_build(cache, f"shards-v{CACHE_VERSION}-{n_shards}", build)[0]
+
+
+def compacted_store(cache: Path, root: Path) -> tuple[Path, float]:
+    """`root` after `dypo-data compact` (default settings), built once from hard links to its shards
+    (compaction only adds files and removes names, so the original store stays as it was)."""
+    from dypo_data.jobs.compact import CompactConfig, run_compact
+
+    def build(tmp: Path) -> None:
+        for table in TABLES:
+            if (root / table).is_dir():
+                (tmp / table).mkdir(parents=True)
+                for path in (root / table).glob("*.parquet"):
+                    os.link(path, tmp / table / path.name)
+        run_compact(CompactConfig(store=str(tmp)))
+
+    return cached_build(cache, f"{root.name}-compacted", build)
 
 
 # -- the operations, in a child process -------------------------------------------------------------
@@ -286,6 +293,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="2000,20000,100000", help="Prompts per store, comma-separated.")
     parser.add_argument("--ops", default=",".join(OPS), help=f"Operations to time, of {', '.join(OPS)}.")
+    parser.add_argument("--compacted", default="100000",
+                        help="Sizes also measured after `dypo-data compact` (comma-separated; '' for none).")
     parser.add_argument("--shards", type=int, default=10_000, help="Shards of the many-shards store (0: skip it).")
     parser.add_argument("--repeats", type=int, default=3, help="Runs of each operation per process (the median is reported).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the stores' contents.")
@@ -308,6 +317,13 @@ def main() -> None:
         mib, files = store_size(root)
         stores[n] = root
         print(f"store {n:,} prompts: {root} ({mib:,.0f} MiB, {files:,} files{f', built in {built:.0f} s' if built else ''})", flush=True)
+    for n in [int(s) for s in args.compacted.split(",") if s]:
+        if n in stores:
+            root, seconds = compacted_store(args.cache, stores[n])
+            mib, files = store_size(root)
+            stores[f"{n} compacted"] = root
+            print(f"store {n:,} prompts compacted: {root} ({mib:,.0f} MiB, {files:,} files"
+                  f"{f', compacted in {seconds:.0f} s' if seconds else ''})", flush=True)
     many = many_shards_store(args.cache, args.shards) if args.shards else None
     if args.build_only:
         return
@@ -315,7 +331,8 @@ def main() -> None:
     results = {}
     for n, root in stores.items():
         mib, files = store_size(root)
-        print(f"{n:,} prompts, {mib:,.0f} MiB, {files:,} files:", flush=True)
+        print(f"{n:,} prompts, {mib:,.0f} MiB, {files:,} files:" if isinstance(n, int) else f"{n}, {mib:,.0f} MiB, {files:,} files:",
+              flush=True)
         results[str(n)] = {"mib": round(mib, 1), "files": files, "ops": run_store(__file__, root, ops, args.repeats)}
     if many is not None:
         print(f"{args.shards:,} one-row shards:", flush=True)
