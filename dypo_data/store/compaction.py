@@ -46,7 +46,9 @@ import pyarrow.parquet as pq
 
 from dypo_data.contracts.schemas import TABLES
 from dypo_data.store.catalog import READERS_LOCK, TMP_PREFIX, compaction_records, compactions_dir
-from dypo_data.store.shards import shard_files, store_write_error
+from dypo_data.errors import StoreError
+from dypo_data.store.shards import read_shard_rows, shard_files, store_write_error
+from dypo_data.store.views import dedup_key
 
 # table -> ORDER BY of its merged files: rows of one prompt, trace or run sit together
 SORT_KEYS = {
@@ -98,53 +100,63 @@ def _fsync(path: Path) -> None:
 
 
 class _PartWriter:
-    """Writes batches into parts of about `target_bytes` each, under temporary names."""
+    """Writes parts under temporary names: each part one table, sorted by the table's key."""
 
-    def __init__(self, folder: Path, table: str, compaction_id: str, *, target_bytes: int, row_group_rows: int) -> None:
-        self.folder, self.table, self.id = folder, table, compaction_id
-        self.target, self.row_group_rows = target_bytes, row_group_rows
+    def __init__(self, folder: Path, table: str, compaction_id: str, *, row_group_rows: int) -> None:
+        self.folder, self.table, self.id, self.row_group_rows = folder, table, compaction_id, row_group_rows
         self.parts: list[str] = []
         self.rows = 0
-        self._sink: pa.NativeFile | None = None
-        self._writer: pq.ParquetWriter | None = None
 
     def temp(self, name: str) -> Path:
         return self.folder / f"{TMP_PREFIX}{name}.partial"
 
-    def write(self, batch: pa.RecordBatch) -> None:
-        if self._writer is None:
-            name = f"{COMPACT_PREFIX}{self.id}-{len(self.parts):04d}.parquet"
-            self.parts.append(name)
-            self._sink = pa.OSFile(str(self.temp(name)), "wb")
-            self._writer = pq.ParquetWriter(self._sink, TABLES[self.table], compression="zstd")
-        self._writer.write_table(pa.Table.from_batches([batch]).cast(TABLES[self.table]), row_group_size=self.row_group_rows)
-        self.rows += batch.num_rows
-        if self._sink.tell() >= self.target:
-            self.close_part()
-
-    def close_part(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._sink.close()
-            _fsync(self.temp(self.parts[-1]))
-            self._writer = self._sink = None
+    def write(self, data: pa.Table) -> None:
+        name = f"{COMPACT_PREFIX}{self.id}-{len(self.parts):04d}.parquet"
+        self.parts.append(name)
+        keys = [(column.strip(), "ascending") for column in SORT_KEYS[self.table].split(",")]
+        pq.write_table(data.sort_by(keys), self.temp(name), row_group_size=self.row_group_rows, compression="zstd")
+        _fsync(self.temp(name))
+        self.rows += data.num_rows
 
 
-def _merge(plan: CompactionPlan, writer: _PartWriter, scratch: Path, memory_limit: str) -> int:
-    """Stream the distinct rows of the plan's shards, sorted, into `writer`; returns the rows read."""
+def _kept_rows(plan: CompactionPlan, scratch: Path, memory_limit: str) -> tuple[int, dict[str, list[int]]]:
+    """(rows read, the rows to keep of each shard): all but exact duplicates of an earlier row (same key
+    and same hash of every column), found from small columns only, so memory stays bounded."""
+    key = dedup_key(plan.table)
+    columns = ", ".join(TABLES[plan.table].names)
     con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(scratch), "threads": 2})
     try:
         con.execute("SET VARIABLE compact_files = ?", [[str(p) for p in plan.shards]])
+        rows = con.execute(f"""
+            SELECT filename, list(file_row_number ORDER BY file_row_number), sum(n)::BIGINT FROM (
+                SELECT filename, file_row_number, count(*) OVER (PARTITION BY filename) AS n
+                FROM (SELECT filename, file_row_number, {key}, hash({columns}) AS row_hash
+                      FROM read_parquet(getvariable('compact_files'), filename = true, file_row_number = true))
+                QUALIFY row_number() OVER (PARTITION BY {key}, row_hash ORDER BY filename, file_row_number) = 1
+            ) GROUP BY filename
+        """).fetchall()
         rows_in = con.execute("SELECT count(*) FROM read_parquet(getvariable('compact_files'))").fetchall()[0][0]
-        columns = ", ".join(TABLES[plan.table].names)
-        relation = con.sql(f"SELECT DISTINCT {columns} FROM read_parquet(getvariable('compact_files')) "
-                           f"ORDER BY {SORT_KEYS[plan.table]}")
-        for batch in relation.to_arrow_reader(batch_size=writer.row_group_rows):
-            writer.write(batch)
-        writer.close_part()
     finally:
         con.close()
-    return int(rows_in)
+    return int(rows_in), {name: kept for name, kept, _ in rows}
+
+
+def _write_parts(plan: CompactionPlan, kept: dict[str, list[int]], writer: _PartWriter, target_bytes: int) -> None:
+    """Read each shard once, in name order, keeping its kept rows; write a sorted part whenever the rows
+    gathered reach the target size in memory (so memory stays about twice the target)."""
+    buffer: list[pa.Table] = []
+    size = 0
+    for path in plan.shards:
+        rows = kept.get(str(path), [])
+        if not rows:
+            continue
+        buffer.append(read_shard_rows(path, rows, TABLES[plan.table].names).cast(TABLES[plan.table]))
+        size += buffer[-1].nbytes
+        if size >= target_bytes:
+            writer.write(pa.concat_tables(buffer))
+            buffer, size = [], 0
+    if buffer:
+        writer.write(pa.concat_tables(buffer))
 
 
 def _write_record(root: Path, compaction_id: str, record: dict) -> Path:
@@ -163,14 +175,19 @@ def compact_table(root: Path, plan: CompactionPlan, *, target_bytes: int, row_gr
     """Merge the plan's shards (see the module docstring for the steps and what a kill at each leaves)."""
     folder = root / plan.table
     compaction_id = f"{plan.table}-{uuid.uuid4().hex[:12]}"
-    writer = _PartWriter(folder, plan.table, compaction_id, target_bytes=target_bytes, row_group_rows=row_group_rows)
+    writer = _PartWriter(folder, plan.table, compaction_id, row_group_rows=row_group_rows)
     scratch = root / f"{TMP_PREFIX}{compaction_id}.spill"
     try:
         scratch.mkdir()
-        rows_in = _merge(plan, writer, scratch, memory_limit)
-    except OSError as exc:
+        rows_in, kept = _kept_rows(plan, scratch, memory_limit)
+        _write_parts(plan, kept, writer, target_bytes)
+    except OSError as exc:  # the disk (a damaged shard's SchemaError passes as it is)
         _discard_parts(writer)
         raise store_write_error(folder, exc) from exc
+    except duckdb.Error as exc:
+        _discard_parts(writer)
+        raise StoreError(f"compaction of {plan.table} failed: {str(exc).splitlines()[0]}",
+                         "raise --memory-limit, or free disk space for DuckDB's spill files in the store") from exc
     except BaseException:
         _discard_parts(writer)
         raise
@@ -187,12 +204,6 @@ def compact_table(root: Path, plan: CompactionPlan, *, target_bytes: int, row_gr
 
 
 def _discard_parts(writer: _PartWriter) -> None:
-    try:
-        if writer._writer is not None:
-            writer._writer.close()
-            writer._sink.close()
-    except (OSError, pa.ArrowException):
-        pass
     for name in writer.parts:
         writer.temp(name).unlink(missing_ok=True)
 

@@ -39,6 +39,13 @@ _DEDUP = {
     "eval_results": ("model, policy_version, benchmark, settings_hash, metric", "created_at DESC, run_id DESC"),
 }
 
+
+
+def dedup_key(table: str) -> str:
+    """The columns `table`'s view keeps one row per (its rows' identity)."""
+    return _DEDUP[table][0]
+
+
 # Tier of a rollout group from its graded samples: the DYPO gate.
 GROUP_TIER_SQL = """
 CASE

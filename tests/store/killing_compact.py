@@ -1,7 +1,7 @@
 """`dypo-data compact ARGS...` that SIGKILLs itself at a chosen point, so a test can kill it exactly there.
 
 DYPO_TEST_KILL_AT=<point>:<n>, the n-th (1-based) occurrence of:
-  batch    a batch of merged rows about to be written (the merge is under way, parts are temporary files)
+  part     a merged part about to be written (the merge is under way, earlier parts are temporary files)
   replace  a rename into the store (1: the compaction record; 2, 3, ...: the parts, one by one)
   unlink   the removal of a shard the merged parts replaced
 The kill lands before the occurrence takes effect.
@@ -17,7 +17,7 @@ import sys
 from dypo_data.store import compaction
 
 POINT, N = os.environ["DYPO_TEST_KILL_AT"].split(":")
-seen = {"batch": 0, "replace": 0, "unlink": 0}
+seen = {"part": 0, "replace": 0, "unlink": 0}
 
 
 def count(point: str) -> None:
@@ -29,9 +29,9 @@ def count(point: str) -> None:
 _write, _replace, _unlink = compaction._PartWriter.write, os.replace, pathlib.Path.unlink
 
 
-def write(self, batch):
-    count("batch")
-    return _write(self, batch)
+def write(self, data):
+    count("part")
+    return _write(self, data)
 
 
 def replace(src, dst, *args, **kwargs):
