@@ -26,7 +26,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -196,10 +196,10 @@ def _read_shards(files: list[Path], table: str, columns: list[str] | None) -> pa
     return pa.concat_tables(parts)
 
 
-def read_shard_rows(path: Path, rows: Sequence[int], columns: list[str]) -> pa.Table:
-    """`columns` of the rows `rows` (0-based row numbers, ascending) of one shard, in that order,
-    reading only the row groups that hold them (a damaged shard is named)."""
-    parts, start, i = [], 0, 0
+def shard_row_groups(path: Path, rows: Sequence[int], columns: list[str]) -> Iterator[pa.Table]:
+    """`columns` of the rows `rows` (0-based row numbers, ascending) of one shard, in that order, one
+    table per row group holding some of them; the other row groups are not read (a damaged shard is named)."""
+    start, i = 0, 0
     try:
         shard = pq.ParquetFile(path)
         for group in range(shard.metadata.num_row_groups):
@@ -207,13 +207,18 @@ def read_shard_rows(path: Path, rows: Sequence[int], columns: list[str]) -> pa.T
             j = bisect.bisect_left(rows, end, lo=i)
             if j > i:
                 taken = pa.array([r - start for r in rows[i:j]], pa.int64())
-                parts.append(shard.read_row_group(group, columns=columns).take(taken))
+                yield shard.read_row_group(group, columns=columns).take(taken)
             i, start = j, end
     except (pa.ArrowException, OSError) as exc:
         raise damaged_shard_error(path, str(exc).strip().splitlines()[0]) from exc
     if i != len(rows):
         raise damaged_shard_error(path, f"it holds {start} rows, not row {rows[i]}")
-    return pa.concat_tables(parts) if parts else shard.schema_arrow.empty_table().select(columns)
+
+
+def read_shard_rows(path: Path, rows: Sequence[int], columns: list[str]) -> pa.Table:
+    """`columns` of the rows `rows` of one shard as one table (see shard_row_groups)."""
+    parts = list(shard_row_groups(path, rows, columns))
+    return pa.concat_tables(parts) if parts else pq.read_schema(path).empty_table().select(columns)
 
 
 def damaged_shard_error(path: Path, reason: str) -> SchemaError:

@@ -28,7 +28,7 @@ import pyarrow.ipc as ipc
 
 from dypo_data.errors import InputError
 from dypo_data.store import queries
-from dypo_data.store.shards import read_shard_rows
+from dypo_data.store.shards import shard_row_groups
 from dypo_data.store.views import has_shards
 from dypo_train.stream.types import PromptGroup, Rollout, TeacherTrace
 
@@ -83,16 +83,19 @@ def materialise(located: pa.Table, key: str, large: list[str], path: Path) -> Ro
             if i < n and files[i] == files[start]:
                 continue
             positions = by_file[start:i]
-            part = small.take(pa.array(positions))
-            heavy = read_shard_rows(Path(files[start]), rows[start:i].tolist(), large)
-            for column in large:
-                part = part.append_column(column, heavy.column(column))
-            if writer is None:
-                schema = part.schema
-                writer = ipc.new_file(sink, schema)
-            writer.write_table(part.cast(schema))
-            order[positions] = np.arange(written, written + (i - start))
-            written += i - start
+            done = 0
+            for heavy in shard_row_groups(Path(files[start]), rows[start:i].tolist(), large):  # one row group at a time
+                taken = positions[done:done + heavy.num_rows]
+                part = small.take(pa.array(taken))
+                for column in large:
+                    part = part.append_column(column, heavy.column(column))
+                if writer is None:
+                    schema = part.schema
+                    writer = ipc.new_file(sink, schema)
+                writer.write_table(part.cast(schema))
+                order[taken] = np.arange(written, written + len(taken))
+                written += len(taken)
+                done += heavy.num_rows
             start = i
         if writer is None:
             writer = ipc.new_file(sink, small.schema)
