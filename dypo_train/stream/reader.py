@@ -63,6 +63,7 @@ class StoreStream:
                 self.rows = RunRows(self.con, units=self.plan.units, unit_kind=self.plan.unit_kind, teachers=self.plan.teachers)
         finally:
             self.con.close()  # planned: the store is not read again
+            self.con = None  # and its readers lock goes with the connection (a compaction may remove what it merged)
 
     # -- planning ------------------------------------------------------------------------------
 
