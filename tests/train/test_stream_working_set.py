@@ -104,3 +104,18 @@ def test_the_working_set_is_removed_on_close(store):
     assert any(folder.iterdir())
     stream.close()
     assert not folder.exists()
+
+
+def test_a_planned_run_lets_a_compaction_finish_and_keeps_reading(store):
+    from dypo_data.jobs.compact import CompactConfig, run_compact
+
+    stream = StoreStream(store.root, unit_kind="group")
+    try:
+        expected = stream_groups(stream, stream.plan.units)
+        stats = run_compact(CompactConfig(store=str(store.root)))
+        assert stats.counts["shards_merged"] > 0
+        assert stats.counts["replaced_shards_kept"] == 0  # the stream holds no lock on the store once planned
+        assert stream_groups(stream, stream.plan.units) == expected
+        assert view_groups(store.root, stream.plan.units, "group", stream.plan.teachers) == expected
+    finally:
+        stream.close()
