@@ -1,4 +1,5 @@
-"""`dypo-data compact`: merge each table's small shards into large sorted files (see store/compaction.py)."""
+"""`dypo-data compact`: merge each table's small shards into large sorted files, then note which tables
+have unique keys, so their views skip deduplication (see store/compaction.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dypo_data.contracts.schemas import TABLES
 from dypo_data.errors import ConfigError
 from dypo_data.jobs.common import JobStats, new_run_id
 from dypo_data.store import check_writable, open_store
-from dypo_data.store.compaction import CompactionResult, compact_table, plan_compaction, recover
+from dypo_data.store.compaction import CompactionResult, certify_unique_keys, compact_table, plan_compaction, recover
 from dypo_data.store.lease import hold_lease
 
 MIB = 2**20
@@ -56,4 +57,7 @@ def run_compact(cfg: CompactConfig, report=lambda result, seconds: None) -> JobS
             stats.add("replaced_shards_kept", result.replaced_kept)
             stats.time(f"{table}_seconds", seconds)
             report(result, seconds)
+        for table in cfg.tables:
+            if certify_unique_keys(root, table):
+                stats.add("tables_with_unique_keys")
     return stats

@@ -20,6 +20,7 @@ replaced; those are left out of the listing.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -52,23 +53,43 @@ def catalog_path(root: Path, table: str) -> Path:
     return root / CATALOG_DIR / f"{table}.json"
 
 
-def load_catalog(root: Path, table: str) -> dict[str, ShardStat]:
-    """The shards recorded as validated ({} when there is no usable catalog)."""
+@dataclass(frozen=True)
+class Catalog:
+    """The shards validated so far and, when a compaction found every key of the table's live shards
+    unique, the digest of those shards (`files_digest`): while the live shards are exactly these, the
+    views need not deduplicate."""
+
+    shards: dict[str, ShardStat]
+    unique_keys: str | None = None
+
+
+def files_digest(shards: dict[str, ShardStat]) -> str:
+    """A digest of shard names with their size, time and inode: changes when any file is added, removed or replaced."""
+    body = json.dumps({name: [s.size, s.mtime_ns, s.ino] for name, s in sorted(shards.items())}, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def load_catalog(root: Path, table: str) -> Catalog:
+    """The catalog of `table` (empty when there is no usable one)."""
     try:
         data = json.loads(catalog_path(root, table).read_text())
         if data.get("version") != CATALOG_VERSION or data.get("schema_version") != SCHEMA_VERSION:
-            return {}
-        return {name: ShardStat(*entry) for name, entry in data["shards"].items()}
+            return Catalog({})
+        shards = {name: ShardStat(*entry) for name, entry in data["shards"].items()}
+        unique = data.get("unique_keys")
+        return Catalog(shards, unique if isinstance(unique, str) else None)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
+        return Catalog({})
 
 
-def save_catalog(root: Path, table: str, shards: dict[str, ShardStat]) -> None:
+def save_catalog(root: Path, table: str, catalog: Catalog) -> None:
     """Write the catalog atomically; a store the process may not write is left as it is."""
     path = catalog_path(root, table)
     tmp = path.with_name(f"{TMP_PREFIX}{table}-{os.getpid()}.json.partial")
     body = {"version": CATALOG_VERSION, "schema_version": SCHEMA_VERSION,
-            "shards": {name: [s.size, s.mtime_ns, s.ino] for name, s in sorted(shards.items())}}
+            "shards": {name: [s.size, s.mtime_ns, s.ino] for name, s in sorted(catalog.shards.items())}}
+    if catalog.unique_keys is not None:
+        body["unique_keys"] = catalog.unique_keys
     try:
         path.parent.mkdir(exist_ok=True)
         tmp.write_text(json.dumps(body, separators=(",", ":")))

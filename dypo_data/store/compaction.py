@@ -19,6 +19,10 @@ How a compaction changes the store, each step safe to be killed at:
    readers lock (a reader listed its files before and may still read them); otherwise they stay,
    unlisted, until a later compaction finds no reader.
 
+Last, for each table, one scan of its keys: when no key occurs twice in its live shards, the catalog
+records it for exactly these files, and the view skips its deduplication while they stay the same
+(a new shard, a removed or replaced file ends that at once).
+
 A rerun (of a killed compaction) first finishes what a record says: it renames the parts still
 under temporary names (all were complete before the record was written), or, if a part is gone,
 drops the record and its parts, and it removes temporary files no record names. Two compactions
@@ -45,9 +49,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dypo_data.contracts.schemas import TABLES
-from dypo_data.store.catalog import READERS_LOCK, TMP_PREFIX, compaction_records, compactions_dir
+from dypo_data.store.catalog import (
+    READERS_LOCK, TMP_PREFIX, Catalog, compaction_records, compactions_dir, files_digest, load_catalog, save_catalog,
+)
 from dypo_data.errors import StoreError
-from dypo_data.store.shards import read_shard_rows, shard_files, store_write_error
+from dypo_data.store.shards import read_shard_rows, shard_files, shard_listing, store_write_error
 from dypo_data.store.views import dedup_key
 
 # table -> ORDER BY of its merged files: rows of one prompt, trace or run sit together
@@ -227,6 +233,26 @@ def _finish(root: Path, record_path: Path, record: dict) -> int:
         return 0
     finally:
         os.close(fd)
+
+
+def certify_unique_keys(root: Path, table: str) -> bool:
+    """Record in the catalog whether every key of `table` occurs once in its live shards; while exactly
+    these shards stay, its view skips the deduplication (it would change nothing). One scan of the keys."""
+    listing = shard_listing(root, table)  # validates and saves every live shard first
+    catalog = load_catalog(root, table)
+    if not listing.paths or any(catalog.shards.get(name) != stat for name, stat in listing.stats.items()):
+        return False
+    con = duckdb.connect()
+    try:
+        con.execute("SET VARIABLE certify_files = ?", [[str(p) for p in listing.paths]])
+        repeated = con.execute(f"SELECT count(*) - count(DISTINCT ({dedup_key(table)})) "
+                               "FROM read_parquet(getvariable('certify_files'))").fetchall()[0][0]
+    finally:
+        con.close()
+    digest = files_digest(listing.stats) if repeated == 0 else None
+    if digest != catalog.unique_keys:
+        save_catalog(root, table, Catalog(catalog.shards, digest))
+    return digest is not None
 
 
 def recover(root: Path) -> int:

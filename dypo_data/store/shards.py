@@ -24,9 +24,9 @@ import errno
 import json
 import os
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 from dypo_data.contracts.schemas import SCHEMA_VERSION, TABLE_KEY, TABLES, VERSION_KEY
 from dypo_data.errors import InputError, SchemaError, StoreError
 from dypo_data.store.catalog import (
-    TMP_PREFIX, hidden_shards, hold_readers, listed_shards, load_catalog, release_readers, save_catalog,
+    TMP_PREFIX, Catalog, ShardStat, files_digest, hidden_shards, hold_readers, listed_shards, load_catalog,
+    release_readers, save_catalog,
 )
 
 
@@ -151,8 +152,18 @@ def _check_columns(path: Path, table: str, found: pa.Schema) -> None:
         )
 
 
-def shard_files(root: Path, table: str, *, save: bool = True) -> list[Path]:
-    """All complete, validated shards of `table`, in name order (temporary files are skipped).
+@dataclass(frozen=True)
+class ShardListing:
+    """A table's live shards, and whether every key of the table occurs once in them (found by a
+    compaction for exactly these files: see catalog.Catalog), so that its view need not deduplicate."""
+
+    paths: list[Path]
+    stats: dict[str, ShardStat]
+    unique_keys: bool
+
+
+def shard_listing(root: Path, table: str, *, save: bool = True) -> ShardListing:
+    """The live shards of `table`: complete, validated, not replaced by a compaction, in name order.
 
     Only files the shard catalog has not validated yet (new, or changed since) have their footer
     read; the others cost a `stat` (see catalog.py). `save=False` leaves the catalog as it is (a
@@ -161,15 +172,21 @@ def shard_files(root: Path, table: str, *, save: bool = True) -> list[Path]:
     folder = root / table
     listed = listed_shards(folder)
     if not listed:
-        return []
+        return ShardListing([], {}, False)
     known = load_catalog(root, table)
     for name in sorted(listed):
-        if known.get(name) != listed[name]:
+        if known.shards.get(name) != listed[name]:
             validate_shard(folder / name, table)
-    if save and listed != known:
-        save_catalog(root, table, listed)
+    if save and listed != known.shards:
+        save_catalog(root, table, Catalog(listed, known.unique_keys))
     hidden = hidden_shards(root, table, set(listed))  # replaced by a compaction, or parts of one not complete
-    return [folder / name for name in sorted(listed) if name not in hidden]
+    live = {name: listed[name] for name in sorted(listed) if name not in hidden}
+    return ShardListing([folder / name for name in live], live, known.unique_keys == files_digest(live))
+
+
+def shard_files(root: Path, table: str, *, save: bool = True) -> list[Path]:
+    """The live shards of `table` (see shard_listing)."""
+    return shard_listing(root, table, save=save).paths
 
 
 def read_table(root: Path, table: str, columns: list[str] | None = None) -> pa.Table:

@@ -1,6 +1,8 @@
 """DuckDB over a store: one view per table and the derived views people query.
 
-Views (all deduplicated by their ids, so an interrupted-and-resumed run never counts twice):
+Views (all deduplicated by their ids, so an interrupted-and-resumed run never counts twice; a table
+whose keys a compaction found unique in exactly its current shards skips the deduplication, which
+then changes nothing):
 
 - prompts, traces, verdicts:   the raw tables.
 - latest_verdicts:             one verdict per trace, the most recent (any verifier settings).
@@ -27,7 +29,7 @@ import duckdb
 
 from dypo_data.contracts.schemas import TABLES
 from dypo_data.store.catalog import hold_readers, release_readers
-from dypo_data.store.shards import shard_files
+from dypo_data.store.shards import shard_listing
 
 # table -> (key, ORDER BY of the row kept among duplicates of the key)
 _DEDUP = {
@@ -121,13 +123,11 @@ def define_views(con: duckdb.DuckDBPyConnection, root: Path, *, save_catalog: bo
     """
     read: dict[str, list[Path]] = {}
     for table, (key, order) in _DEDUP.items():
-        files = shard_files(root, table, save=save_catalog)
-        read[table] = files
-        source = _table_source(con, table, files)
-        con.execute(
-            f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM ({source}) "
-            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order}) = 1"
-        )
+        listing = shard_listing(root, table, save=save_catalog)
+        read[table] = listing.paths
+        source = _table_source(con, table, listing.paths)
+        dedup = "" if listing.unique_keys else f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order}) = 1"
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM ({source}) {dedup}")
     for name, sql in DERIVED_VIEWS.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
     return read

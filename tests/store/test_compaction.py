@@ -169,3 +169,29 @@ def test_a_second_compaction_is_refused_while_one_runs(tmp_path):
         result = compact(root)
     assert result.returncode == 75
     assert_one_line_error(result, "compaction of the store is already running")
+
+
+def view_sql(root: Path, view: str) -> str:
+    con = connect(root)
+    try:
+        return con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [view]).fetchall()[0][0]
+    finally:
+        con.close()
+
+
+def test_tables_with_unique_keys_skip_deduplication_until_a_shard_changes_that(tmp_path):
+    root = build(tmp_path / "st")
+    before = views_digest(root)
+    assert "row_number" in view_sql(root, "verdicts")
+    stats = run_compact(CompactConfig(store=str(root), target_mib=0.02, row_group_rows=16))
+    assert stats.counts["tables_with_unique_keys"] == 2  # prompts and verdicts; traces holds a key written twice
+    assert "row_number" not in view_sql(root, "verdicts") and "row_number" in view_sql(root, "traces")
+    assert views_digest(root) == before
+    # a resumed verify writes some verdicts again (later): the view deduplicates again at once
+    con = connect(root)
+    again = con.execute("SELECT * FROM verdicts LIMIT 3").to_arrow_table()
+    con.close()
+    ShardWriter(root, "again").write("verdicts", again.set_column(again.schema.get_field_index("created_at"), "created_at",
+                                                                   [[NOW + dt.timedelta(days=1)] * 3]))
+    assert "row_number" in view_sql(root, "verdicts")
+    assert views_digest(root) == before
