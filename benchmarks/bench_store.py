@@ -293,7 +293,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="2000,20000,100000", help="Prompts per store, comma-separated.")
     parser.add_argument("--ops", default=",".join(OPS), help=f"Operations to time, of {', '.join(OPS)}.")
-    parser.add_argument("--compacted", default="100000",
+    parser.add_argument("--compacted", default="20000,100000",
                         help="Sizes also measured after `dypo-data compact` (comma-separated; '' for none).")
     parser.add_argument("--shards", type=int, default=10_000, help="Shards of the many-shards store (0: skip it).")
     parser.add_argument("--repeats", type=int, default=3, help="Runs of each operation per process (the median is reported).")
