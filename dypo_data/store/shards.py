@@ -223,8 +223,10 @@ def shard_row_groups(path: Path, rows: Sequence[int], columns: list[str]) -> Ite
             end = start + shard.metadata.row_group(group).num_rows
             j = bisect.bisect_left(rows, end, lo=i)
             if j > i:
-                taken = pa.array([r - start for r in rows[i:j]], pa.int64())
-                yield shard.read_row_group(group, columns=columns).take(taken)
+                table = shard.read_row_group(group, columns=columns)
+                if j - i < end - start:  # some of its rows (all of them: as it is)
+                    table = table.take(pa.array([r - start for r in rows[i:j]], pa.int64()))
+                yield table
             i, start = j, end
     except (pa.ArrowException, OSError) as exc:
         raise damaged_shard_error(path, str(exc).strip().splitlines()[0]) from exc
