@@ -21,9 +21,8 @@ The same data is readable with no project code: `SELECT * FROM 'STORE/traces/*.p
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import weakref
+from pathlib import Path
 
 import duckdb
 
@@ -40,7 +39,6 @@ _DEDUP = {
     "train_samples": ("run_id, step, prompt_id", "created_at DESC"),
     "eval_results": ("model, policy_version, benchmark, settings_hash, metric", "created_at DESC, run_id DESC"),
 }
-
 
 
 def dedup_key(table: str) -> str:
