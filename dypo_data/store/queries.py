@@ -5,11 +5,14 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from dypo_data.store.views import located_source
+from dypo_data.store.shards import read_located
+from dypo_data.store.views import has_shards, located_source
 
-UNSCORED_TRACES = """
-    SELECT t.trace_id, t.completion, p.answer AS gold
-    FROM traces t JOIN prompts p USING (prompt_id)
+# Where the traces without a verdict under the settings lie; their completions are then read there
+# (shards.read_located), so no completion passes through the deduplication of every trace.
+UNSCORED_TRACES = f"""
+    SELECT t.trace_id, p.answer AS gold, t.filename, t.file_row_number
+    FROM ({located_source("traces")}) t JOIN prompts p USING (prompt_id)
     WHERE t.trace_id NOT IN (SELECT trace_id FROM verdicts WHERE settings_hash = ?)
     ORDER BY t.trace_id
 """
@@ -83,8 +86,13 @@ def fetch_arrow(con: duckdb.DuckDBPyConnection, query: str, params: list | None 
 
 
 def unscored_traces(con: duckdb.DuckDBPyConnection, verifier_settings_hash: str) -> pa.Table:
-    """Traces (with their gold answer) that have no verdict under these verifier settings."""
-    return fetch_arrow(con, UNSCORED_TRACES, [verifier_settings_hash])
+    """Traces (trace_id, completion, gold) that have no verdict under these verifier settings, by trace id."""
+    if not has_shards(con, "traces"):
+        return pa.table({"trace_id": pa.array([], pa.string()), "completion": pa.array([], pa.string()),
+                         "gold": pa.array([], pa.string())})
+    located = fetch_arrow(con, UNSCORED_TRACES, [verifier_settings_hash])
+    completions = read_located(located, "traces", ["completion"]).column("completion")
+    return pa.table({"trace_id": located.column("trace_id"), "completion": completions, "gold": located.column("gold")})
 
 
 def orphan_trace_count(con: duckdb.DuckDBPyConnection) -> int:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dypo_data.contracts.schemas import SCHEMA_VERSION, TABLE_KEY, TABLES, VERSION_KEY
@@ -238,6 +239,23 @@ def read_shard_rows(path: Path, rows: Sequence[int], columns: list[str]) -> pa.T
     """`columns` of the rows `rows` of one shard as one table (see shard_row_groups)."""
     parts = list(shard_row_groups(path, rows, columns))
     return pa.concat_tables(parts) if parts else pq.read_schema(path).empty_table().select(columns)
+
+
+def read_located(located: pa.Table, table: str, columns: list[str]) -> pa.Table:
+    """`columns` of the rows of `table` that `located` points at (its `filename` and `file_row_number`
+    columns, as `views.located_source` gives them), in `located`'s order; only the row groups holding
+    them are read, one at a time."""
+    if located.num_rows == 0:
+        return pa.schema([TABLES[table].field(c) for c in columns]).empty_table()
+    by_file = pc.sort_indices(located, [("filename", "ascending"), ("file_row_number", "ascending")])
+    files = located.column("filename").take(by_file).to_pylist()
+    rows = located.column("file_row_number").take(by_file).to_pylist()
+    parts, start = [], 0
+    for i in range(1, len(files) + 1):
+        if i == len(files) or files[i] != files[start]:
+            parts.extend(shard_row_groups(Path(files[start]), rows[start:i], columns))
+            start = i
+    return pa.concat_tables(parts).take(pc.sort_indices(by_file))  # back from file order to `located`'s order
 
 
 def damaged_shard_error(path: Path, reason: str) -> SchemaError:
