@@ -20,7 +20,6 @@ import os
 import platform
 import re
 import resource
-import shutil
 import statistics
 import sys
 import time
