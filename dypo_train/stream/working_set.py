@@ -45,12 +45,32 @@ class RowFile:
     order: np.ndarray  # file row of each located row, in the located (reading) order
     spans: dict[str, tuple[int, int]]  # key -> [start, end) into `order`
 
+    def __post_init__(self) -> None:
+        batches = self.table.to_batches()  # zero-copy views of the file's record batches
+        object.__setattr__(self, "batches", batches)
+        object.__setattr__(self, "starts", np.cumsum([0] + [b.num_rows for b in batches]))
+
     def rows_of(self, keys: list[str]) -> np.ndarray:
         """File rows of `keys`, key after key, each in reading order (a key without rows gives none)."""
         spans = [self.spans[k] for k in keys if k in self.spans]
         if not spans:
             return np.zeros(0, np.int64)
         return np.concatenate([self.order[a:b] for a, b in spans])
+
+    def take(self, rows: np.ndarray) -> pa.Table:
+        """The file rows `rows`, in that order: zero-copy slices of the record batches holding them, one per
+        run of adjacent rows (a table's own slicing walks its chunks from the first: slow with thousands)."""
+        if len(rows) == 0:
+            return self.table.slice(0, 0)
+        pieces = []
+        for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1):
+            start, end = int(run[0]), int(run[-1]) + 1
+            while start < end:
+                k = int(np.searchsorted(self.starts, start, side="right")) - 1
+                stop = min(end, int(self.starts[k + 1]))
+                pieces.append(self.batches[k].slice(start - int(self.starts[k]), stop - start))
+                start = stop
+        return pa.Table.from_batches(pieces, schema=self.table.schema).combine_chunks()
 
 
 def _spans(keys: pa.ChunkedArray | pa.Array) -> dict[str, tuple[int, int]]:
@@ -163,14 +183,10 @@ class RunRows:
             raise
 
     def _take(self, rows: RowFile, keys: list[str]) -> pa.Table:
-        """The rows of `keys` in reading order: zero-copy slices of the mapped file, one per run of adjacent rows."""
+        """The rows of `keys` in reading order."""
         taken = rows.rows_of(keys)
         self.rows_read += len(taken)
-        if len(taken) == 0:
-            return rows.table.slice(0, 0)
-        breaks = np.flatnonzero(np.diff(taken) != 1) + 1
-        runs = np.split(taken, breaks)
-        return pa.concat_tables([rows.table.slice(int(run[0]), len(run)) for run in runs]).combine_chunks()
+        return rows.take(taken)
 
     def groups(self, units: list[str]) -> list[PromptGroup]:
         """The prompt groups of `units`, in the order given; a unit unknown to the run raises InputError."""
