@@ -56,6 +56,7 @@ class StoreStream:
         self.root = open_store(store)
         self.seed = seed
         self.prompt_split = prompt_split  # prompt units: only prompts of this split ('' for all)
+        self._order: tuple[int, list[Unit]] | None = None  # (epoch, its permutation of the units)
         self.con = connect(self.root)
         try:
             with naming_damaged_shards(self.root):
@@ -119,9 +120,17 @@ class StoreStream:
         """The units of optimizer step `step` (0-based)."""
         per_epoch = self.steps_per_epoch(batch_size)
         epoch, index = divmod(step, per_epoch)
-        order = list(self.plan.units)
-        random.Random(f"{self.seed}:{epoch}").shuffle(order)
-        return order[index * batch_size:(index + 1) * batch_size]
+        return self._epoch_order(epoch)[index * batch_size:(index + 1) * batch_size]
+
+    def _epoch_order(self, epoch: int) -> list[Unit]:
+        """The permutation of the units for `epoch`, kept while steps of that epoch are read (shuffling
+        100k units costs tens of milliseconds: more than reading a step)."""
+        cached = self._order
+        if cached is None or cached[0] != epoch:
+            order = list(self.plan.units)
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+            cached = self._order = (epoch, order)
+        return cached[1]
 
     def epoch_of(self, step: int, batch_size: int) -> float:
         return step / self.steps_per_epoch(batch_size)
