@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 RESULT_MARK = "BENCH_RESULT "
 
@@ -34,3 +37,17 @@ def alternate(modes: tuple[str, str], repeats: int, run: Callable[[str], dict]) 
         for mode in (modes if i % 2 == 0 else modes[::-1]):
             runs[mode].append(run(mode))
     return runs
+
+
+def cached_build(cache: Path, name: str, build: Callable[[Path], object]) -> tuple[Path, float]:
+    """`cache/name`, built by `build(tmp)` under a temporary name and renamed into place once complete
+    (a killed build leaves no half-built copy), unless it is already there; (path, build seconds)."""
+    root = cache / name
+    if root.is_dir():
+        return root, 0.0
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    started = time.perf_counter()
+    build(tmp)
+    os.replace(tmp, root)
+    return root, time.perf_counter() - started

@@ -20,14 +20,13 @@ import os
 import platform
 import re
 import resource
-import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 TARGET_MS = 300.0
 CACHE_VERSION = 1
@@ -35,17 +34,11 @@ CACHE_VERSION = 1
 
 def cached_store(cache: Path, n_prompts: int, seed: int) -> tuple[Path, float]:
     """The store for (n_prompts, seed), built into the cache unless already there; (path, build seconds)."""
+    from bench_common import cached_build
     from view_store_factory import build_large_store
 
-    root = cache / f"view-store-v{CACHE_VERSION}-n{n_prompts}-s{seed}"
-    if root.is_dir():
-        return root, 0.0
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    started = time.perf_counter()
-    build_large_store(tmp, n_prompts=n_prompts, seed=seed)
-    os.replace(tmp, root)
-    return root, time.perf_counter() - started
+    return cached_build(cache, f"view-store-v{CACHE_VERSION}-n{n_prompts}-s{seed}",
+                        lambda tmp: build_large_store(tmp, n_prompts=n_prompts, seed=seed))
 
 
 def page_urls(client) -> dict[str, str]:

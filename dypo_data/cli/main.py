@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dypo_data.cli import cpu_cmd, eval_cmd, export_cmd, generate_cmd, import_cmd, inspect_cmd, models_cmd, synth_cmd, verify_cmd, view_cmd
+from dypo_data.cli import compact_cmd, cpu_cmd, eval_cmd, export_cmd, generate_cmd, import_cmd, inspect_cmd, models_cmd, synth_cmd, verify_cmd, view_cmd
 
 app = typer.Typer(
     name="dypo-data",
@@ -25,6 +25,7 @@ app.command("cpu")(cpu_cmd.cpu)
 app.command("eval")(eval_cmd.eval_)
 app.command("eval-report")(eval_cmd.eval_report)
 app.command("view")(view_cmd.view)
+app.command("compact")(compact_cmd.compact)
 
 
 def main() -> None:

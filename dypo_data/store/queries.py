@@ -5,9 +5,14 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-UNSCORED_TRACES = """
-    SELECT t.trace_id, t.completion, p.answer AS gold
-    FROM traces t JOIN prompts p USING (prompt_id)
+from dypo_data.store.shards import read_located
+from dypo_data.store.views import has_shards, located_source
+
+# Where the traces without a verdict under the settings lie; their completions are then read there
+# (shards.read_located), so no completion passes through the deduplication of every trace.
+UNSCORED_TRACES = f"""
+    SELECT t.trace_id, p.answer AS gold, t.filename, t.file_row_number
+    FROM ({located_source("traces")}) t JOIN prompts p USING (prompt_id)
     WHERE t.trace_id NOT IN (SELECT trace_id FROM verdicts WHERE settings_hash = ?)
     ORDER BY t.trace_id
 """
@@ -81,8 +86,13 @@ def fetch_arrow(con: duckdb.DuckDBPyConnection, query: str, params: list | None 
 
 
 def unscored_traces(con: duckdb.DuckDBPyConnection, verifier_settings_hash: str) -> pa.Table:
-    """Traces (with their gold answer) that have no verdict under these verifier settings."""
-    return fetch_arrow(con, UNSCORED_TRACES, [verifier_settings_hash])
+    """Traces (trace_id, completion, gold) that have no verdict under these verifier settings, by trace id."""
+    if not has_shards(con, "traces"):
+        return pa.table({"trace_id": pa.array([], pa.string()), "completion": pa.array([], pa.string()),
+                         "gold": pa.array([], pa.string())})
+    located = fetch_arrow(con, UNSCORED_TRACES, [verifier_settings_hash])
+    completions = read_located(located, "traces", ["completion"]).column("completion")
+    return pa.table({"trace_id": located.column("trace_id"), "completion": completions, "gold": located.column("gold")})
 
 
 def orphan_trace_count(con: duckdb.DuckDBPyConnection) -> int:
@@ -183,3 +193,48 @@ def eval_names(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[str]]:
     """(models, benchmarks) that have eval results."""
     models, benchmarks = con.execute(EVAL_NAMES).fetchall()[0]
     return list(models or []), list(benchmarks or [])
+
+
+# -- a training run's rows, located once at plan time ------------------------------------------------
+# Each query joins a registered Arrow table of the run's ids (`run_units`: column unit) and returns
+# small columns plus where each row lies (filename, file_row_number), ordered as the trainer reads
+# them; the large columns are then read by location (shards.read_shard_rows), one pass in all.
+
+def _with_units(con: duckdb.DuckDBPyConnection, units: list[str], query: str, params: list | None = None) -> pa.Table:
+    con.register("run_units", pa.table({"unit": pa.array(units, pa.string())}))
+    try:
+        return fetch_arrow(con, query, params)
+    finally:
+        con.unregister("run_units")
+
+
+def rollout_locations(con: duckdb.DuckDBPyConnection, group_ids: list[str]) -> pa.Table:
+    """The policy rollouts of `group_ids` with their latest verdict, by group, sample index and trace id."""
+    query = f"""
+        SELECT t.group_id, t.prompt_id, t.trace_id, t.sample_idx, v.reward, v.correct, t.filename, t.file_row_number
+        FROM ({located_source("traces")}) t
+        JOIN run_units u ON t.group_id = u.unit
+        LEFT JOIN latest_verdicts v USING (trace_id)
+        WHERE t.role = 'policy'
+        ORDER BY t.group_id, t.sample_idx, t.trace_id
+    """
+    return _with_units(con, group_ids, query)
+
+
+def teacher_locations(con: duckdb.DuckDBPyConnection, prompt_ids: list[str], teachers: list[str]) -> pa.Table:
+    """The teacher pool (verified-correct teacher traces) of `prompt_ids` by the teachers named, by prompt, model and trace id."""
+    query = f"""
+        SELECT t.prompt_id, t.trace_id, t.model, t.filename, t.file_row_number
+        FROM ({located_source("traces")}) t
+        JOIN run_units u ON t.prompt_id = u.unit
+        JOIN latest_verdicts v USING (trace_id)
+        WHERE t.role = 'teacher' AND v.correct AND list_contains(?, t.model)
+        ORDER BY t.prompt_id, t.model, t.trace_id
+    """
+    return _with_units(con, prompt_ids, query, [teachers])
+
+
+def prompts_of(con: duckdb.DuckDBPyConnection, prompt_ids: list[str]) -> pa.Table:
+    """prompt_id, messages and gold answer of `prompt_ids`, by prompt id."""
+    query = "SELECT p.prompt_id, p.messages, p.answer FROM prompts p JOIN run_units u ON p.prompt_id = u.unit ORDER BY p.prompt_id"
+    return _with_units(con, prompt_ids, query)

@@ -24,7 +24,8 @@ from pathlib import Path
 import duckdb
 
 from dypo_data.errors import InputError
-from dypo_data.store.views import VIEW_NAMES, define_views
+from dypo_data.store.catalog import hold_readers, release_readers
+from dypo_data.store.views import VIEW_NAMES, bind_shard_variables, define_views
 
 READ_ONLY_HINT = "dypo-data sql only reads; save a result with --out FILE (.csv, .jsonl or .parquet) outside the store"
 
@@ -33,23 +34,27 @@ READ_ONLY_HINT = "dypo-data sql only reads; save a result with --out FILE (.csv,
 def read_only_connection(root: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection that can read the store's views and shards and nothing else (see the module docstring)."""
     scratch = Path(tempfile.mkdtemp(prefix="dypo-sql-"))
+    readers = hold_readers(root, create=False)  # a compaction keeps the files listed here until the query is done
     try:
         database = str(scratch / "views.duckdb")
         build = duckdb.connect(database)
         try:
-            files = define_views(build, root.resolve())
+            files = define_views(build, root.resolve(), save_catalog=False)
         finally:
             build.close()
         con = duckdb.connect(database, read_only=True)
         try:
-            if files:
-                con.execute("SET allowed_paths = ?", [[str(p) for p in files]])
+            bind_shard_variables(con, files)
+            paths = [str(p) for table_files in files.values() for p in table_files]
+            if paths:
+                con.execute("SET allowed_paths = ?", [paths])
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
             yield con
         finally:
             con.close()
     finally:
+        release_readers(readers)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

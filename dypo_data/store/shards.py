@@ -8,6 +8,7 @@ Layout of a store directory::
       verdicts/part-<run_id>-<seq>.parquet
       runs/<run_id>.json            manifest, written last when a run completes
       .leases/<work>.lock           who writes what right now (see lease.py)
+      .catalog/<table>.json         shards already validated (a cache, see catalog.py)
 
 A shard is written to a hidden temporary name (`.tmp-*.partial`, which no `*.parquet` glob
 matches) and renamed into place once complete, so a killed writer leaves no partial shard behind.
@@ -18,21 +19,26 @@ stops reads with an error naming it (damaged data pages: see damage.py).
 
 from __future__ import annotations
 
+import bisect
 import errno
 import json
 import os
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dypo_data.contracts.schemas import SCHEMA_VERSION, TABLE_KEY, TABLES, VERSION_KEY
 from dypo_data.errors import InputError, SchemaError, StoreError
-
-TMP_PREFIX = ".tmp-"
+from dypo_data.store.catalog import (
+    TMP_PREFIX, Catalog, ShardStat, files_digest, hidden_shards, hold_readers, listed_shards, load_catalog,
+    release_readers, save_catalog,
+)
 
 
 def store_write_error(path: Path, exc: OSError) -> StoreError:
@@ -147,21 +153,54 @@ def _check_columns(path: Path, table: str, found: pa.Schema) -> None:
         )
 
 
-def shard_files(root: Path, table: str) -> list[Path]:
-    """All complete, validated shards of `table`, in name order (temporary files are skipped)."""
+@dataclass(frozen=True)
+class ShardListing:
+    """A table's live shards, and whether every key of the table occurs once in them (found by a
+    compaction for exactly these files: see catalog.Catalog), so that its view need not deduplicate."""
+
+    paths: list[Path]
+    stats: dict[str, ShardStat]
+    unique_keys: bool
+
+
+def shard_listing(root: Path, table: str, *, save: bool = True) -> ShardListing:
+    """The live shards of `table`: complete, validated, not replaced by a compaction, in name order.
+
+    Only files the shard catalog has not validated yet (new, or changed since) have their footer
+    read; the others cost a `stat` (see catalog.py). `save=False` leaves the catalog as it is (a
+    reader that promises not to write to the store).
+    """
     folder = root / table
-    if not folder.is_dir():
-        return []
-    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
-    for path in files:
-        validate_shard(path, table)
-    return files
+    listed = listed_shards(folder)
+    if not listed:
+        return ShardListing([], {}, False)
+    known = load_catalog(root, table)
+    for name in sorted(listed):
+        if known.shards.get(name) != listed[name]:
+            validate_shard(folder / name, table)
+    if save and listed != known.shards:
+        save_catalog(root, table, Catalog(listed, known.unique_keys))
+    hidden = hidden_shards(root, table, set(listed))  # replaced by a compaction, or parts of one not complete
+    live = {name: listed[name] for name in sorted(listed) if name not in hidden}
+    return ShardListing([folder / name for name in live], live, known.unique_keys == files_digest(live))
+
+
+def shard_files(root: Path, table: str, *, save: bool = True) -> list[Path]:
+    """The live shards of `table` (see shard_listing)."""
+    return shard_listing(root, table, save=save).paths
 
 
 def read_table(root: Path, table: str, columns: list[str] | None = None) -> pa.Table:
     """Concatenate every shard of `table` (empty table with the schema when there is none)."""
+    readers = hold_readers(root)  # a compaction keeps the files listed here until the read is done
+    try:
+        return _read_shards(shard_files(root, table), table, columns)
+    finally:
+        release_readers(readers)
+
+
+def _read_shards(files: list[Path], table: str, columns: list[str] | None) -> pa.Table:
     schema = TABLES[table]
-    files = shard_files(root, table)
     if columns is not None:
         schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
     if not files:
@@ -173,6 +212,50 @@ def read_table(root: Path, table: str, columns: list[str] | None = None) -> pa.T
         except (pa.ArrowException, OSError) as exc:
             raise damaged_shard_error(path, str(exc).strip().splitlines()[0]) from exc
     return pa.concat_tables(parts)
+
+
+def shard_row_groups(path: Path, rows: Sequence[int], columns: list[str]) -> Iterator[pa.Table]:
+    """`columns` of the rows `rows` (0-based row numbers, ascending) of one shard, in that order, one
+    table per row group holding some of them; the other row groups are not read (a damaged shard is named)."""
+    start, i = 0, 0
+    try:
+        shard = pq.ParquetFile(path)
+        for group in range(shard.metadata.num_row_groups):
+            end = start + shard.metadata.row_group(group).num_rows
+            j = bisect.bisect_left(rows, end, lo=i)
+            if j > i:
+                table = shard.read_row_group(group, columns=columns)
+                if j - i < end - start:  # some of its rows (all of them: as it is)
+                    table = table.take(pa.array([r - start for r in rows[i:j]], pa.int64()))
+                yield table
+            i, start = j, end
+    except (pa.ArrowException, OSError) as exc:
+        raise damaged_shard_error(path, str(exc).strip().splitlines()[0]) from exc
+    if i != len(rows):
+        raise damaged_shard_error(path, f"it holds {start} rows, not row {rows[i]}")
+
+
+def read_shard_rows(path: Path, rows: Sequence[int], columns: list[str]) -> pa.Table:
+    """`columns` of the rows `rows` of one shard as one table (see shard_row_groups)."""
+    parts = list(shard_row_groups(path, rows, columns))
+    return pa.concat_tables(parts) if parts else pq.read_schema(path).empty_table().select(columns)
+
+
+def read_located(located: pa.Table, table: str, columns: list[str]) -> pa.Table:
+    """`columns` of the rows of `table` that `located` points at (its `filename` and `file_row_number`
+    columns, as `views.located_source` gives them), in `located`'s order; only the row groups holding
+    them are read, one at a time."""
+    if located.num_rows == 0:
+        return pa.schema([TABLES[table].field(c) for c in columns]).empty_table()
+    by_file = pc.sort_indices(located, [("filename", "ascending"), ("file_row_number", "ascending")])
+    files = located.column("filename").take(by_file).to_pylist()
+    rows = located.column("file_row_number").take(by_file).to_pylist()
+    parts, start = [], 0
+    for i in range(1, len(files) + 1):
+        if i == len(files) or files[i] != files[start]:
+            parts.extend(shard_row_groups(Path(files[start]), rows[start:i], columns))
+            start = i
+    return pa.concat_tables(parts).take(pc.sort_indices(by_file))  # back from file order to `located`'s order
 
 
 def damaged_shard_error(path: Path, reason: str) -> SchemaError:

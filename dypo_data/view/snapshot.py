@@ -75,7 +75,7 @@ def store_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
 
 def build_snapshot(root: Path) -> duckdb.DuckDBPyConnection:
     """Copy the views the pages read into a fresh in-memory database and lock it (see module doc)."""
-    con = connect(root)
+    con = connect(root, save_catalog=False)  # nothing is written to the store, not even the shard catalog
     con.execute("ATTACH ':memory:' AS snapshot")
     for view, order in _COPIED_VIEWS.items():
         source = "verdicts" if view == "latest_verdicts" else view

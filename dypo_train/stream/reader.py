@@ -1,8 +1,9 @@
-"""Reads a step's prompt groups from the store with DuckDB, one step at a time.
+"""Reads a step's prompt groups from the store, one step at a time.
 
-Only ids are held for the whole run (the list of units a run iterates over); the rows of a step
-(its rollouts with token ids, rewards and logprobs, its teacher pool) are queried when the step
-needs them, so the store is never loaded whole.
+Planning a run lists its units (ids) and copies their rows (rollouts with token ids, rewards and
+logprobs, prompts, teacher pool) out of the store once, into a working set on disk (see
+working_set.py); a step then reads only its own rows from there, so its cost does not grow with the
+store, and the store is never loaded whole into memory nor read again after planning.
 
 The data order is a pure function of (seed, step): step s reads batch s % steps_per_epoch of the
 permutation of epoch s // steps_per_epoch. Resuming at any step, an epoch boundary included,
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from dypo_data.errors import InputError
 from dypo_data.store import connect, naming_damaged_shards, open_store
-from dypo_data.store.queries import fetch_arrow
-from dypo_train.stream.types import PromptGroup, Rollout, TeacherTrace
+from dypo_train.stream.types import PromptGroup
+from dypo_train.stream.working_set import RunRows
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +35,6 @@ _UNSCORED_GROUPS = "SELECT count(*) FROM groups WHERE tier = 'unscored' AND (? =
 _TEACHER_PROMPT_UNITS = "SELECT DISTINCT prompt_id FROM teacher_pool WHERE list_contains(?, model) ORDER BY prompt_id"
 _PROMPT_UNITS = "SELECT prompt_id FROM prompts WHERE ? = '' OR split = ? ORDER BY prompt_id"
 _TEACHER_NAMES = "SELECT DISTINCT model FROM traces WHERE role = 'teacher' ORDER BY model"
-_ROLLOUTS = """
-    SELECT group_id, prompt_id, trace_id, sample_idx, prompt_token_ids, completion_token_ids,
-           completion_logprobs, reward, correct
-    FROM scored_traces
-    WHERE role = 'policy' AND list_contains(?, group_id)
-    ORDER BY group_id, sample_idx, trace_id
-"""
-_PROMPTS = "SELECT prompt_id, messages, answer FROM prompts WHERE list_contains(?, prompt_id)"
-_TEACHERS = """
-    SELECT prompt_id, trace_id, model, completion FROM teacher_pool
-    WHERE list_contains(?, prompt_id) AND list_contains(?, model)
-    ORDER BY prompt_id, model, trace_id
-"""
 
 
 @dataclass(frozen=True)
@@ -66,11 +54,17 @@ class StoreStream:
     def __init__(self, store: str | Path, *, unit_kind: str, rollout_model: str = "", teachers: list[str] | None = None,
                  max_teachers: int = 0, seed: int = 0, prompt_split: str = "") -> None:
         self.root = open_store(store)
-        self.con = connect(self.root)
         self.seed = seed
         self.prompt_split = prompt_split  # prompt units: only prompts of this split ('' for all)
-        with naming_damaged_shards(self.root):
-            self.plan = self._plan(unit_kind, rollout_model, teachers or [], max_teachers)
+        self._order: tuple[int, list[Unit]] | None = None  # (epoch, its permutation of the units)
+        self.con = connect(self.root)
+        try:
+            with naming_damaged_shards(self.root):
+                self.plan = self._plan(unit_kind, rollout_model, teachers or [], max_teachers)
+                self.rows = RunRows(self.con, units=self.plan.units, unit_kind=self.plan.unit_kind, teachers=self.plan.teachers)
+        finally:
+            self.con.close()  # planned: the store is not read again
+            self.con = None  # and its readers lock goes with the connection (a compaction may remove what it merged)
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -126,62 +120,27 @@ class StoreStream:
         """The units of optimizer step `step` (0-based)."""
         per_epoch = self.steps_per_epoch(batch_size)
         epoch, index = divmod(step, per_epoch)
-        order = list(self.plan.units)
-        random.Random(f"{self.seed}:{epoch}").shuffle(order)
-        return order[index * batch_size:(index + 1) * batch_size]
+        return self._epoch_order(epoch)[index * batch_size:(index + 1) * batch_size]
+
+    def _epoch_order(self, epoch: int) -> list[Unit]:
+        """The permutation of the units for `epoch`, kept while steps of that epoch are read (shuffling
+        100k units costs tens of milliseconds: more than reading a step)."""
+        cached = self._order
+        if cached is None or cached[0] != epoch:
+            order = list(self.plan.units)
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+            cached = self._order = (epoch, order)
+        return cached[1]
 
     def epoch_of(self, step: int, batch_size: int) -> float:
         return step / self.steps_per_epoch(batch_size)
 
     def read(self, units: list[Unit]) -> list[PromptGroup]:
-        """The prompt groups of `units`, in the order given (a damaged shard is named, see dypo_data.store.damage)."""
-        with naming_damaged_shards(self.root):
-            return self._read_groups(units)
-
-    def _read_groups(self, units: list[Unit]) -> list[PromptGroup]:
-        if self.plan.unit_kind == "group":
-            rollouts = fetch_arrow(self.con, _ROLLOUTS, [units]).to_pylist()
-            by_group: dict[str, list[dict]] = {}
-            for row in rollouts:
-                by_group.setdefault(row["group_id"], []).append(row)
-            prompt_of = {g: rows[0]["prompt_id"] for g, rows in by_group.items()}
-        else:
-            by_group, prompt_of = {}, {u: u for u in units}
-        prompt_ids = sorted(set(prompt_of.values()))
-        prompts = {r["prompt_id"]: r for r in fetch_arrow(self.con, _PROMPTS, [prompt_ids]).to_pylist()}
-        teachers: dict[str, list[TeacherTrace]] = {}
-        for r in fetch_arrow(self.con, _TEACHERS, [prompt_ids, self.plan.teachers]).to_pylist():
-            teachers.setdefault(r["prompt_id"], []).append(TeacherTrace(r["trace_id"], r["model"], r["completion"]))
-        out = []
-        for unit in units:
-            pid = prompt_of.get(unit)
-            if pid is None or pid not in prompts:
-                raise InputError(f"unit {unit} of store {self.root} has no prompt row", "re-import the prompts of this store")
-            p = prompts[pid]
-            out.append(PromptGroup(
-                prompt_id=pid,
-                messages=[dict(m) for m in p["messages"]],
-                answer=p["answer"],
-                group_id=unit if self.plan.unit_kind == "group" else None,
-                rollouts=[_rollout(r) for r in by_group.get(unit, [])],
-                teachers=teachers.get(pid, []),
-            ))
-        return out
+        """The prompt groups of `units`, in the order given, from the run's working set."""
+        return self.rows.groups(units)
 
     def close(self) -> None:
-        self.con.close()
-
-
-def _rollout(row: dict) -> Rollout:
-    reward = None if row["correct"] is None else (float(row["reward"]) if row["reward"] is not None else float(row["correct"]))
-    return Rollout(
-        trace_id=row["trace_id"],
-        sample_idx=int(row["sample_idx"]),
-        prompt_token_ids=list(row["prompt_token_ids"] or []),
-        completion_token_ids=list(row["completion_token_ids"] or []),
-        logprobs=list(row["completion_logprobs"]) if row["completion_logprobs"] is not None else None,
-        reward=reward,
-    )
+        self.rows.close()
 
 
 def total_steps(steps_per_epoch: int, *, max_steps: int, epochs: int) -> int:
