@@ -15,6 +15,7 @@ process ends.
 
 from __future__ import annotations
 
+import errno
 import shutil
 import tempfile
 import weakref
@@ -178,6 +179,13 @@ class RunRows:
                                       "model": pa.array([], pa.string()), "filename": pa.array([], pa.string()),
                                       "file_row_number": pa.array([], pa.int64())}))
             self.teachers = materialise(located, "prompt_id", TEACHER_LARGE, self.dir.path / "teachers.arrow")
+        except OSError as exc:
+            self.dir.close()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InputError(f"no room for the run's working set in {self.dir.path.parent} ({exc.strerror})",
+                                 "point TMPDIR at a disk with room for the run's rollouts uncompressed (about 3 GB per "
+                                 "100k prompts x 8 rollouts x 400 tokens)") from exc
+            raise
         except BaseException:
             self.dir.close()
             raise

@@ -375,3 +375,18 @@ def test_full_disk_on_a_real_tmpfs(store, tiny_model_dir, tmp_path):
         assert checkpoint_weights(run_dir)  # complete and loadable
     finally:
         subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
+
+
+def test_a_full_tmpdir_is_one_line_naming_it(store, tiny_model_dir, tmp_path):
+    """The run's working set goes to TMPDIR: a TMPDIR too small for it is a one-line error naming it, before any step."""
+    mnt = tmp_path / "tiny-tmp"
+    if not _mount_tmpfs(mnt, "8k"):
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        result = cli("run", *sets_args(sets(store, tiny_model_dir, tmp_path, "no-tmp", "run.max_steps=1")),
+                     env=cli_env(TMPDIR=str(mnt)))
+        assert_one_line_error(result, "no room for the run's working set", str(mnt), "TMPDIR")
+        assert not (tmp_path / "no-tmp" / "checkpoints").exists()
+        assert list(mnt.iterdir()) == []  # the partial working set is removed
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
