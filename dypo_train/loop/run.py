@@ -179,8 +179,7 @@ def run_training(cfg: TrainConfig | None, *, resume: str | Path | None = None, c
             raise ConfigError(f"run directory {run_dir} already holds checkpoints", f"continue it with --resume {run_dir}, or pick another run.name")
     source = check_inputs(cfg)
     try:
-        with run_lease(run_dir):
-            return _train(cfg, run_dir, source, resume=resume, cache_dir=cache_dir, reporter=reporter)
+        return _train(cfg, run_dir, source, resume=resume, cache_dir=cache_dir, reporter=reporter)
     finally:
         if source is not None:
             source.close()
@@ -203,42 +202,43 @@ def _train(cfg: TrainConfig, run_dir: Path, source: OfflineSource | None, *, res
     model = resolve_model(cfg.model.policy, cache_dir=cache_dir)
     tokenizer = load_tokenizer(model.path)  # no chat template: fail before anything is written
     sets, eval_context = held_out(cfg, tokenizer, model.path)  # bad held-out files too
-    accelerator = make_accelerator(cfg, run_dir)
-    if accelerator.num_processes > 1 and cfg.data.mode == "online" and cfg.rollout.backend == "server":
-        raise ConfigError("rollout.backend=server trains on one process in this release",
-                          "launch it without accelerate's --num_processes (the servers sample in parallel), or use "
-                          "rollout.backend=engine for data-parallel training")
-    if cfg.eval.every and cfg.data.mode == "online" and cfg.rollout.backend == "server":
-        raise ConfigError("eval.every evaluates through an in-process engine, not rollout.backend=server",
-                          f"evaluate the run's checkpoints instead: dypo-data eval --store {cfg.data.store} --run RUN_DIR --prompts FILE")
-    if accelerator.num_processes > 1 and cfg.eval.every:
-        raise ConfigError("eval.every runs on one process in this release",
-                          f"evaluate the run's checkpoints instead: dypo-data eval --store {cfg.data.store} --run {run_dir} --prompts FILE")
-    if accelerator.is_main_process:
-        _write_config(run_dir, cfg, model.path)
-    set_seed(cfg.run.seed)
-    setup = build_setup(cfg, model.path, tokenizer, accelerator)
-    online = online_source(cfg, setup, cfg.model.name or model.name, eval_context) if source is None else None
-    trainer = Trainer(cfg, setup, source or online, run_dir, run_id=run_dir.name)
-    try:
-        if resume is not None:
-            step = trainer.restore()
-            log.info("resuming %s at step %d", run_dir, step)
-        if online is not None:
-            online.bind(trainer.run_id, trainer.start_step)
-        trainer.evaluator = periodic_eval(cfg, setup, sets, eval_context, trainer.run_id, cfg.model.name or model.name, online)
-        if cfg.run.report_to:
-            accelerator.init_trackers(run_dir.name, config=_flat_scalars(cfg))
-        history = trainer.train(reporter=reporter)
-    finally:
+    with run_lease(run_dir):  # inputs checked: from here on the run directory is written
+        accelerator = make_accelerator(cfg, run_dir)
+        if accelerator.num_processes > 1 and cfg.data.mode == "online" and cfg.rollout.backend == "server":
+            raise ConfigError("rollout.backend=server trains on one process in this release",
+                              "launch it without accelerate's --num_processes (the servers sample in parallel), or use "
+                              "rollout.backend=engine for data-parallel training")
+        if cfg.eval.every and cfg.data.mode == "online" and cfg.rollout.backend == "server":
+            raise ConfigError("eval.every evaluates through an in-process engine, not rollout.backend=server",
+                              f"evaluate the run's checkpoints instead: dypo-data eval --store {cfg.data.store} --run RUN_DIR --prompts FILE")
+        if accelerator.num_processes > 1 and cfg.eval.every:
+            raise ConfigError("eval.every runs on one process in this release",
+                              f"evaluate the run's checkpoints instead: dypo-data eval --store {cfg.data.store} --run {run_dir} --prompts FILE")
+        if accelerator.is_main_process:
+            _write_config(run_dir, cfg, model.path)
+        set_seed(cfg.run.seed)
+        setup = build_setup(cfg, model.path, tokenizer, accelerator)
+        online = online_source(cfg, setup, cfg.model.name or model.name, eval_context) if source is None else None
+        trainer = Trainer(cfg, setup, source or online, run_dir, run_id=run_dir.name)
         try:
-            if trainer.evaluator is not None:
-                trainer.evaluator.close()
-        finally:
+            if resume is not None:
+                step = trainer.restore()
+                log.info("resuming %s at step %d", run_dir, step)
             if online is not None:
-                online.close()
-            accelerator.end_training()
-    return run_dir, history
+                online.bind(trainer.run_id, trainer.start_step)
+            trainer.evaluator = periodic_eval(cfg, setup, sets, eval_context, trainer.run_id, cfg.model.name or model.name, online)
+            if cfg.run.report_to:
+                accelerator.init_trackers(run_dir.name, config=_flat_scalars(cfg))
+            history = trainer.train(reporter=reporter)
+        finally:
+            try:
+                if trainer.evaluator is not None:
+                    trainer.evaluator.close()
+            finally:
+                if online is not None:
+                    online.close()
+                accelerator.end_training()
+        return run_dir, history
 
 
 def _flat_scalars(cfg: TrainConfig) -> dict[str, Any]:
