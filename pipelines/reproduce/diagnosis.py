@@ -12,7 +12,7 @@ import math
 import statistics
 from pathlib import Path
 
-from report_stats import band, compare, curve, fmt, mean_std, values
+from report_stats import band, compare, curve, fmt, mean_std, method_table, values
 from runs import final_metric
 from settings import DIAGNOSIS, Variant
 
@@ -37,18 +37,13 @@ def window_reward(result: dict, first: bool, n: int = REWARD_EARLY_STEPS) -> flo
 
 def diagnosis_table(chosen: dict[str, list[dict]], best: dict[str, float], v: Variant) -> list[str]:
     avg = f"avg@{v.eval_k}"
-    lines = [f"| method | lr | median pre-clip grad norm | reward, first {REWARD_EARLY_STEPS} steps | "
-             f"reward, last {REWARD_EARLY_STEPS} steps | test {avg} | OOD {avg} | seeds |",
-             "|---|---|---|---|---|---|---|---|"]
-    for m in DIAGNOSIS:
-        runs = chosen.get(m, [])
-        if not runs:
-            lines.append(f"| {m} | n/a | not run | | | | | 0 |")
-            continue
-        lines.append(f"| {m} | {best[m]:g} | {fmt([median_norm(r) for r in runs])} | "
-                     f"{fmt([window_reward(r, True) for r in runs])} | {fmt([window_reward(r, False) for r in runs])} | "
-                     f"{fmt(values(runs, 'test', avg))} | {fmt(values(runs, 'ood', avg))} | {len(runs)} |")
-    return lines
+    return method_table(DIAGNOSIS, chosen, best, "lr", [
+        ("median pre-clip grad norm", lambda runs: fmt([median_norm(r) for r in runs])),
+        (f"reward, first {REWARD_EARLY_STEPS} steps", lambda runs: fmt([window_reward(r, True) for r in runs])),
+        (f"reward, last {REWARD_EARLY_STEPS} steps", lambda runs: fmt([window_reward(r, False) for r in runs])),
+        (f"test {avg}", lambda runs: fmt(values(runs, "test", avg))),
+        (f"OOD {avg}", lambda runs: fmt(values(runs, "ood", avg))),
+    ])
 
 
 def _mean(runs: list[dict], fn) -> float:

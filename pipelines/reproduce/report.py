@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from diagnosis import diagnosis_statements, diagnosis_table, draw_diagnosis
-from report_stats import band, compare, curve, fmt, mean_std, values
+from report_stats import band, compare, curve, fmt, mean_std, method_table, values
 from runs import final_metric
 from settings import ABLATIONS, DYNAMICS, MAIN, Variant
 
@@ -34,21 +34,17 @@ def by_method(results: list[dict], best: dict[str, float]) -> dict[str, list[dic
 
 def accuracy_table(methods: tuple[str, ...], chosen: dict[str, list[dict]], best: dict[str, float], v: Variant) -> list[str]:
     avg = f"avg@{v.eval_k}"
-    lines = [f"| method | best lr | test {avg} (T=0.6) | OOD {avg} (T=0.6) | test greedy | OOD greedy | "
-             f"val {avg} | seeds | rollouts sampled | tokens trained | wall s/run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for m in methods:
-        runs = chosen.get(m, [])
-        if not runs:
-            lines.append(f"| {m} | n/a | not run | | | | | 0 | | | |")
-            continue
-        lines.append(
-            f"| {m} | {best[m]:g} | {fmt(values(runs, 'test', avg))} | {fmt(values(runs, 'ood', avg))} | "
-            f"{fmt(values(runs, 'test', 'avg@1'))} | {fmt(values(runs, 'ood', 'avg@1'))} | "
-            f"{fmt(values(runs, 'val', avg))} | {len(runs)} | "
-            f"{statistics.fmean(r['rollouts'] for r in runs):,.0f} | {statistics.fmean(r['tokens_trained'] for r in runs):,.0f} | "
-            f"{statistics.fmean(r['wall_seconds'] for r in runs):.0f} |")
-    return lines
+    per_run = lambda key, spec: lambda runs: format(statistics.fmean(r[key] for r in runs), spec)  # noqa: E731
+    return method_table(methods, chosen, best, "best lr", [
+        (f"test {avg} (T=0.6)", lambda runs: fmt(values(runs, "test", avg))),
+        (f"OOD {avg} (T=0.6)", lambda runs: fmt(values(runs, "ood", avg))),
+        ("test greedy", lambda runs: fmt(values(runs, "test", "avg@1"))),
+        ("OOD greedy", lambda runs: fmt(values(runs, "ood", "avg@1"))),
+        (f"val {avg}", lambda runs: fmt(values(runs, "val", avg))),
+        ("rollouts sampled", per_run("rollouts", ",.0f")),
+        ("tokens trained", per_run("tokens_trained", ",.0f")),
+        ("wall s/run", per_run("wall_seconds", ".0f")),
+    ])
 
 
 def lr_table(results: list[dict], methods: tuple[str, ...], v: Variant) -> list[str]:

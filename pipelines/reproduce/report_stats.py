@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable, Sequence
 
 from runs import final_metric
 
@@ -56,3 +57,19 @@ def band(ax, runs: list[dict], name: str, label: str, *, keep=None) -> None:
     line, = ax.plot(steps, means, label=label)
     lows = [m - s if keep is None or keep(m - s) else m for m, s in zip(means, stds)]  # on a log axis: no band below 0
     ax.fill_between(steps, lows, [m + s for m, s in zip(means, stds)], color=line.get_color(), alpha=0.2)
+
+
+Column = tuple[str, Callable[[list[dict]], str]]  # a header and the cell of one method's runs
+
+
+def method_table(methods: Sequence[str], chosen: dict[str, list[dict]], best: dict[str, float], lr_header: str,
+                 columns: Sequence[Column]) -> list[str]:
+    """A Markdown table of one row per method: its name, its chosen rate, then `columns` over its runs, then the
+    number of seeds; a method with no run says so."""
+    lines = ["| method | " + " | ".join([lr_header, *(h for h, _ in columns), "seeds"]) + " |",
+             "|---|---|" + "---|" * (len(columns) + 1)]
+    for m in methods:
+        runs = chosen.get(m, [])
+        cells = ["not run", *[""] * (len(columns) - 1), "0"] if not runs else [*(fn(runs) for _, fn in columns), str(len(runs))]
+        lines.append(f"| {m} | {f'{best[m]:g}' if runs else 'n/a'} | " + " | ".join(cells) + " |")
+    return lines
