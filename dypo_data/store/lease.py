@@ -72,7 +72,7 @@ def describe_holder(fd: int) -> str:
             + (f" ({command[:160]})" if command else ""))
 
 
-def _acquire(fd: int, root: Path, work: str, what: str, wait: bool, place: str) -> None:
+def _acquire(fd: int, root: Path, work: str, what: str, wait: bool, place: str, fix: str | None) -> None:
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return
@@ -83,7 +83,7 @@ def _acquire(fd: int, root: Path, work: str, what: str, wait: bool, place: str) 
     if not wait:
         raise StoreBusyError(
             f"{what} is already running in {place} {root}: held by {holder}",
-            "let it finish (a rerun afterwards does only what is left), stop that process, "
+            fix or "let it finish (a rerun afterwards does only what is left), stop that process, "
             "or pass --wait to start when it ends",
         )
     log.warning("waiting: %s in %s %s is held by %s", what, place, root, holder)
@@ -91,9 +91,11 @@ def _acquire(fd: int, root: Path, work: str, what: str, wait: bool, place: str) 
 
 
 @contextlib.contextmanager
-def hold_lease(root: Path, work: str, what: str, *, wait: bool = False, place: str = "store") -> Iterator[None]:
+def hold_lease(root: Path, work: str, what: str, *, wait: bool = False, place: str = "store",
+               fix: str | None = None) -> Iterator[None]:
     """Hold the lease of `work` (a stable key) in store `root` for the body; `what` names it for people, `place`
-    says what `root` is in the error (a store, or e.g. a training run's directory).
+    says what `root` is in the error (a store, or e.g. a training run's directory), `fix` replaces the error's
+    default fix (which names `--wait`, an option of the store's jobs).
 
     Raises StoreBusyError when another process holds it, unless `wait`, which blocks until it is free.
     """
@@ -104,7 +106,7 @@ def hold_lease(root: Path, work: str, what: str, *, wait: bool = False, place: s
     except OSError as exc:
         raise store_write_error(path, exc) from exc
     try:
-        _acquire(fd, root, work, what, wait, place)
+        _acquire(fd, root, work, what, wait, place, fix)
         os.ftruncate(fd, 0)
         os.pwrite(fd, _holder_record(work), 0)
         try:

@@ -190,7 +190,8 @@ def run_lease(run_dir: Path) -> contextlib.AbstractContextManager:
     under the same name) fails at once, naming the process that holds it. Rank 0 holds it for all ranks."""
     if int(os.environ.get("RANK", "0")) != 0:
         return contextlib.nullcontext()
-    return hold_lease(run_dir, "train", f"training of run {run_dir.name}", place="run directory")
+    return hold_lease(run_dir, "train", f"training of run {run_dir.name}", place="run directory",
+                      fix=f"let it finish or stop that process; `dypo-train run --resume {run_dir}` then continues it")
 
 
 def _train(cfg: TrainConfig, run_dir: Path, source: OfflineSource | None, *, resume: str | Path | None,

@@ -190,7 +190,8 @@ def test_kill_and_resume_at_the_epoch_boundary(store, tiny_model_dir, tmp_path):
         # while it trains, a second launch of the same run fails at once naming the holder, and changes nothing
         before = tree_hashes(run_dir / "checkpoints", stamps=True)
         twice = cli("run", "--resume", str(run_dir))
-        assert_one_line_error(twice, "training of run killed is already running in run directory", f"pid {killed.pid}")
+        err = assert_one_line_error(twice, "training of run killed is already running in run directory", f"pid {killed.pid}")
+        assert "--wait" not in err and "--resume" in err  # the trainer has no --wait
         assert tree_hashes(run_dir / "checkpoints", stamps=True) == before
     finally:
         killed.send_signal(signal.SIGKILL)
