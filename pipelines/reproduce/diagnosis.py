@@ -12,7 +12,7 @@ import math
 import statistics
 from pathlib import Path
 
-from report_stats import band, compare, curve, fmt, mean_std, method_table, values
+from report_stats import Panel, band_figure, compare, curve, fmt, mean_std, method_table, values
 from runs import final_metric
 from settings import DIAGNOSIS, Variant
 
@@ -102,25 +102,8 @@ def draw_diagnosis(out: Path, chosen: dict[str, list[dict]]) -> bool:
     """diagnosis.png: pre-clip gradient norm (log scale) and mean reward per step; False when nothing to draw."""
     if not any(chosen.get(m) for m in DIAGNOSIS):
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from report import band
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    for m in DIAGNOSIS:
-        band(axes[0], chosen.get(m, []), "grad/norm", m, keep=lambda x: x > 0)  # 0: a step that trained nothing
-        band(axes[1], chosen.get(m, []), "reward/mean", m)
-    axes[0].set_yscale("log")
-    axes[0].set_title("gradient norm before clipping (log scale)", fontsize=10)
-    axes[1].set_title("mean reward of the rollouts", fontsize=10)
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.legend(fontsize=8)
-    fig.suptitle("Diagnosis at each method's chosen learning rate: mean and ±1 std band over seeds")
-    fig.tight_layout()
-    fig.savefig(out / "diagnosis.png", dpi=80)
-    plt.close(fig)
+    band_figure(out / "diagnosis.png", chosen, DIAGNOSIS,
+                [Panel("grad/norm", "gradient norm before clipping (log scale)", log=True),
+                 Panel("reward/mean", "mean reward of the rollouts")],
+                grid=(1, 2), figsize=(13, 4.5), what="Diagnosis")
     return True

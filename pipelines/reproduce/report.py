@@ -12,15 +12,17 @@ from collections import defaultdict
 from pathlib import Path
 
 from diagnosis import diagnosis_statements, diagnosis_table, draw_diagnosis
-from report_stats import band, compare, curve, fmt, mean_std, method_table, values
+from report_stats import (
+    Panel, band_figure, compare, curve, fmt, mean_std, method_table, pyplot, save_figure, values,
+)
 from runs import final_metric
 from settings import ABLATIONS, DYNAMICS, MAIN, Variant
 
 FIGURES = ("dynamics.png", "lr_robustness.png", "accuracy.png")
-CURVES = (("tier/offline_ratio", "offline-data ratio (share of prompts routed to SFT)"),
-          ("reward/mean", "mean reward of the rollouts"), ("policy/entropy", "policy entropy on rollout tokens"),
-          ("grad/norm", "gradient norm (before clipping)"), ("tier/hard", "hard groups per step"),
-          ("tier/easy", "easy groups per step"))
+CURVES = (Panel("tier/offline_ratio", "offline-data ratio (share of prompts routed to SFT)"),
+          Panel("reward/mean", "mean reward of the rollouts"), Panel("policy/entropy", "policy entropy on rollout tokens"),
+          Panel("grad/norm", "gradient norm (before clipping)"), Panel("tier/hard", "hard groups per step"),
+          Panel("tier/easy", "easy groups per step"))
 
 
 def by_method(results: list[dict], best: dict[str, float]) -> dict[str, list[dict]]:
@@ -62,22 +64,8 @@ def lr_table(results: list[dict], methods: tuple[str, ...], v: Variant) -> list[
 
 
 def draw_figures(out: Path, results: list[dict], chosen: dict[str, list[dict]], v: Variant) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    for ax, (name, title) in zip(axes.flat, CURVES):
-        for m in DYNAMICS:
-            band(ax, chosen.get(m, []), name, m)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=8)
-    fig.suptitle("Dynamics at each method's chosen learning rate: mean and ±1 std band over seeds")
-    fig.tight_layout()
-    fig.savefig(out / "dynamics.png", dpi=80)
-    plt.close(fig)
+    band_figure(out / "dynamics.png", chosen, DYNAMICS, CURVES, grid=(2, 3), figsize=(15, 8), what="Dynamics")
+    plt = pyplot()
 
     avg = f"avg@{v.eval_k}"
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -90,9 +78,7 @@ def draw_figures(out: Path, results: list[dict], chosen: dict[str, list[dict]], 
     ax.set_ylabel(f"validation {avg} (T=0.6), seed 0")
     ax.set_title("Learning-rate robustness")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "lr_robustness.png", dpi=80)
-    plt.close(fig)
+    save_figure(fig, out / "lr_robustness.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(14, 5))
     for ax, bench in zip(axes, ("test", "ood")):
@@ -101,9 +87,7 @@ def draw_figures(out: Path, results: list[dict], chosen: dict[str, list[dict]], 
         ax.bar(range(len(names)), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=3)
         ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
         ax.set_title(f"{'in-distribution' if bench == 'test' else 'out-of-distribution'} {avg} (T=0.6), mean ± std over seeds")
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=80)
-    plt.close(fig)
+    save_figure(fig, out / "accuracy.png")
 
 
 def _window_mean(points: list[tuple[int, float]], first: bool, n: int = 5) -> float:

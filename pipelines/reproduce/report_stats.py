@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from runs import final_metric
 
@@ -73,3 +75,42 @@ def method_table(methods: Sequence[str], chosen: dict[str, list[dict]], best: di
         cells = ["not run", *[""] * (len(columns) - 1), "0"] if not runs else [*(fn(runs) for _, fn in columns), str(len(runs))]
         lines.append(f"| {m} | {f'{best[m]:g}' if runs else 'n/a'} | " + " | ".join(cells) + " |")
     return lines
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    pyplot().close(fig)
+
+
+@dataclass(frozen=True)
+class Panel:
+    metric: str  # a per-step metric of the runs' dynamics
+    title: str
+    log: bool = False  # log y axis; points <= 0 (a step that trained nothing logs a 0 norm) are left out
+
+
+def band_figure(path: Path, chosen: dict[str, list[dict]], methods: Sequence[str], panels: Sequence[Panel], *,
+                grid: tuple[int, int], figsize: tuple[float, float], what: str) -> None:
+    """One panel per metric, one mean ± std band per method over its seeds, saved to `path`."""
+    fig, axes = pyplot().subplots(*grid, figsize=figsize)
+    for ax, panel in zip(axes.flat, panels):
+        for m in methods:
+            band(ax, chosen.get(m, []), panel.metric, m, keep=(lambda x: x > 0) if panel.log else None)
+        if panel.log:
+            ax.set_yscale("log")
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{what} at each method's chosen learning rate: mean and ±1 std band over seeds")
+    save_figure(fig, path)
