@@ -50,10 +50,6 @@ def _mean(runs: list[dict], fn) -> float:
     return mean_std([fn(r) for r in runs])[0]
 
 
-def _early(runs: list[dict]) -> list[float]:
-    return [window_reward(r, True) for r in runs]
-
-
 def robustness_statement(results: list[dict], v: Variant) -> str:
     """Validation accuracy at each searched rate above the smallest, for the diagnosis methods (seed 0)."""
     avg = f"avg@{v.eval_k}"
@@ -75,8 +71,8 @@ def diagnosis_statements(chosen: dict[str, list[dict]], results: list[dict], v: 
         return []
     avg = f"avg@{v.eval_k}"
     norm = {m: _mean(chosen[m], median_norm) for m in DIAGNOSIS}
-    early = {m: _mean(chosen[m], lambda r: window_reward(r, True)) for m in DIAGNOSIS}
-    rise = {m: _early(chosen[m]) for m in DIAGNOSIS}
+    rise = {m: [window_reward(r, True) for r in chosen[m]] for m in DIAGNOSIS}  # per seed
+    early = {m: mean_std(rise[m])[0] for m in DIAGNOSIS}
     test = {m: values(chosen[m], "test", avg) for m in DIAGNOSIS}
     carrier = "GAL carries it" if norm["dypo-no-gal"] < norm["dypo"] / 5 else "GAL does not explain it alone"
     out = [
