@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from dypo_data.errors import InputError
 from dypo_data.store import VIEW_NAMES, naming_damaged_shards, open_store, queries, reading, store_containing
 from dypo_data.store.readonly import READ_ONLY_HINT, check_read_only_query, read_only_connection
+from dypo_data.store.summary import summary_views
 
 # Errors of the query itself (not of the data it reads): shown as they are.
 _QUERY_ERRORS = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)
@@ -100,10 +101,10 @@ class StoreStats:
 
 
 def collect_stats(store: str) -> StoreStats:
-    with reading(open_store(store)) as con:
+    with reading(open_store(store)) as con, summary_views(con):
         hard, covered = queries.hard_prompt_coverage(con)
         return StoreStats(
-            models=queries.model_stats(con),
+            models=queries.model_stats(con, summary=True),
             sources=queries.source_stats(con),
             tiers=queries.tier_stats(con),
             statuses=queries.status_counts(con),

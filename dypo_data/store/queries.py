@@ -21,7 +21,9 @@ ORPHAN_TRACE_COUNT = """
     SELECT count(*) FROM traces t ANTI JOIN prompts p USING (prompt_id)
 """
 
-MODEL_STATS = """
+def _model_stats_sql(chars: str) -> str:
+    """Per (role, model) counts; `chars` is the SQL of a trace's completion length in characters."""
+    return f"""
     SELECT role, model,
            count(*) AS traces,
            count(DISTINCT prompt_id) AS prompts,
@@ -31,11 +33,14 @@ MODEL_STATS = """
            count(*) FILTER (WHERE status = 'no_answer') AS no_answer,
            count(*) FILTER (WHERE status IN ('parse_error', 'timeout', 'error')) AS ungradable,
            round(avg(num_tokens), 1) AS mean_tokens,
-           round(avg(length(completion)), 1) AS mean_chars
+           round(avg({chars}), 1) AS mean_chars
     FROM scored_traces
     GROUP BY role, model
     ORDER BY role, model
 """
+
+
+MODEL_STATS = _model_stats_sql("length(completion)")
 
 SOURCE_STATS = """
     SELECT prompt_source AS source, role,
@@ -100,8 +105,10 @@ def orphan_trace_count(con: duckdb.DuckDBPyConnection) -> int:
     return int(con.execute(ORPHAN_TRACE_COUNT).fetchall()[0][0])
 
 
-def model_stats(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    return fetch_arrow(con, MODEL_STATS)
+def model_stats(con: duckdb.DuckDBPyConnection, *, summary: bool = False) -> pa.Table:
+    """Per (role, model) counts; `summary`: within `summary.summary_views` (its copy has each
+    completion's length, not its text)."""
+    return fetch_arrow(con, _model_stats_sql("completion_chars") if summary else MODEL_STATS)
 
 
 def source_stats(con: duckdb.DuckDBPyConnection) -> pa.Table:
