@@ -161,17 +161,6 @@ class EngineTransport:
         if self.engine is not None:
             self.engine.shutdown()
 
-    def init_info(self, world_sizes: Sequence[int]) -> Any:
-        """vLLM's trainer init info for servers of these world sizes (the NCCL group spans all their workers)."""
-        from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
-        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
-
-        if self.backend == "ipc":
-            return IPCTrainerInitInfo(rank=0, packed=True, packed_buffer_size_bytes=self.source.bucket_bytes)
-        return NCCLTrainerInitInfo(rank=0, master_address=rendezvous_address(self.urls, self.nccl_address),
-                                   master_port=self.nccl_port or free_port("0.0.0.0"), world_size=rank_offsets(world_sizes)[1],
-                                   packed=True, packed_buffer_size_bytes=self.source.bucket_bytes)
-
     def client(self, world_sizes: Sequence[int]) -> ServerFanOut:
         offsets = rank_offsets(world_sizes)[0] if self.backend == "nccl" else None
         return ServerFanOut(self.urls, offsets=offsets, timeout_s=self.routes.timeout_s)
@@ -181,4 +170,20 @@ class EngineTransport:
 
         sizes = self.routes.world_sizes()
         log.info("weight transfer: vLLM %s engine to %d servers (%d workers)", self.backend, len(self.urls), sum(sizes))
-        return WeightTransferTrainerFactory.trainer_init(self.init_info(sizes), client=self.client(sizes), source=self.source)
+        info = trainer_init_info(self.backend, self.urls, sizes, bucket_bytes=self.source.bucket_bytes,
+                                 nccl_address=self.nccl_address, nccl_port=self.nccl_port)
+        return WeightTransferTrainerFactory.trainer_init(info, client=self.client(sizes), source=self.source)
+
+
+def trainer_init_info(backend: str, urls: Sequence[str], world_sizes: Sequence[int], *, bucket_bytes: int,
+                      nccl_address: str = "", nccl_port: int = 0) -> Any:
+    """vLLM's trainer init info (`NCCLTrainerInitInfo`, `IPCTrainerInitInfo`) for servers at `urls` with these world
+    sizes: the trainer sends (rank 0), packed in buffers of `bucket_bytes`; the NCCL group spans every worker."""
+    from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
+    from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
+
+    if backend == "ipc":
+        return IPCTrainerInitInfo(rank=0, packed=True, packed_buffer_size_bytes=bucket_bytes)
+    return NCCLTrainerInitInfo(rank=0, master_address=rendezvous_address(urls, nccl_address),
+                               master_port=nccl_port or free_port("0.0.0.0"), world_size=rank_offsets(world_sizes)[1],
+                               packed=True, packed_buffer_size_bytes=bucket_bytes)
