@@ -38,7 +38,7 @@ import torch
 from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
 
 from dypo_data.backends.server_process import free_port
-from dypo_data.errors import BackendError
+from dypo_data.errors import BackendError, ConfigError
 from dypo_train.online.devices import require_cuda
 from dypo_train.online.weight_transfer import ServerRoutes
 from dypo_train.online.weights import stream_weights
@@ -59,12 +59,20 @@ def rank_offsets(world_sizes: Sequence[int]) -> tuple[list[int], int]:
 
 def rendezvous_address(urls: Sequence[str], configured: str = "") -> str:
     """Where the servers' workers reach the trainer: `configured`, else loopback when every server is on this
-    machine, else this host's address."""
+    machine, else the address of this machine's interface that routes to the first remote server."""
     if configured:
         return configured
-    if all(urlparse(u).hostname in LOOPBACK for u in urls):
+    remote = [urlparse(u) for u in urls if urlparse(u).hostname not in LOOPBACK]
+    if not remote:
         return "127.0.0.1"
-    return socket.gethostbyname(socket.gethostname())
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # connect() on UDP sends nothing
+            sock.connect((remote[0].hostname, remote[0].port or 80))
+            address = sock.getsockname()[0]
+    except OSError as exc:
+        raise ConfigError(f"no route from this machine to the rollout server {remote[0].hostname}: {exc}",
+                          "set rollout.nccl_address to an address of this machine the servers can reach") from exc
+    return address
 
 
 class PolicySource(WeightSource):
