@@ -5,6 +5,7 @@ kept); an FSDP2-sharded model (2 processes, gloo) streams exactly the unsharded 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,9 +57,16 @@ def test_fsdp2_sharded_model_streams_the_unsharded_state_dict(tmp_path):
     """Two gloo processes shard a tiny tied Llama with fully_shard; each streams every weight (a bucket at a time)
     and compares it with the state dict of the same model built unsharded."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(PROBE), str(tmp_path)], capture_output=True, text=True, env=env, timeout=240)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                 str(PROBE), str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, start_new_session=True)  # its own group: a hung run is ended whole
+    try:
+        output, _ = launcher.communicate(timeout=240)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    assert launcher.returncode == 0, output[-4000:]
     for rank in (0, 1):
         report = (tmp_path / f"rank{rank}.txt").read_text().split()
         assert report[0] == "ok", report
