@@ -118,6 +118,10 @@ class ServerFanOut:
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         self._each(lambda i, c: c.finish_weight_update(weight_version))
 
+    def shutdown_weight_transfer_engine(self) -> None:
+        """The servers leave the transfer group (a later run, or a resumed one, starts a new group)."""
+        self._each(lambda i, c: c.shutdown_weight_transfer_engine())
+
     def _each(self, call: Callable[[int, Any], None]) -> None:
         with ThreadPoolExecutor(max_workers=len(self.clients)) as pool:
             futures = [pool.submit(call, i, c) for i, c in enumerate(self.clients)]
@@ -166,7 +170,14 @@ class EngineTransport:
         return self.routes.versions()
 
     def close(self) -> None:
-        if self.engine is not None:
+        """Both sides leave the transfer group; servers that are gone are only logged."""
+        if self.engine is None:
+            return
+        try:
+            self.engine.client.shutdown_weight_transfer_engine()
+        except BackendError as exc:
+            log.warning("weight transfer: %s", exc)
+        finally:
             self.engine.shutdown()
 
     def client(self, world_sizes: Sequence[int]) -> ServerFanOut:

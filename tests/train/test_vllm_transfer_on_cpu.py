@@ -233,9 +233,11 @@ def test_fan_out_speaks_vllms_routes_with_a_rank_offset_per_server(recorders):
     fan.start_weight_update()
     fan.update_weights({"names": ["w"], "dtype_names": ["float32"], "shapes": [[2]]})
     fan.finish_weight_update("3")
+    fan.shutdown_weight_transfer_engine()
     for server, offset in zip(recorders, [1, 3]):
         paths = [p for p, _ in server.calls]
-        assert paths == ["/init_weight_transfer_engine", "/start_weight_update", "/update_weights", "/finish_weight_update"]
+        assert paths == ["/init_weight_transfer_engine", "/start_weight_update", "/update_weights", "/finish_weight_update",
+                         "/shutdown_weight_transfer_engine"]
         bodies = dict(server.calls)
         assert NCCLWeightTransferInitInfo(**bodies["/init_weight_transfer_engine"]["init_info"]).rank_offset == offset
         assert bodies["/update_weights"] == {"update_info": {"names": ["w"], "dtype_names": ["float32"], "shapes": [[2]]}}
