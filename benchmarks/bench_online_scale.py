@@ -130,11 +130,11 @@ def section_push(a: argparse.Namespace) -> dict:
             engine_s = statistics.median(engine.load_weights(state) for _ in range(3))
         (server,) = start_rollout_servers(rollout_server_spec(path, name="push"), count=1, port=free_port(), log_dir=a.tmp)
         try:
-            transport = SharedPathTransport(Path(a.tmp) / f"weights-{spec}", [server.base_url])
+            transport = SharedPathTransport(Path(a.tmp) / f"weights-{spec}", [server.base_url], dtype=torch.float32)
             times = []
             for version in range(3):
                 started = time.perf_counter()
-                transport.push(transport.write(state, version, torch.float32), version)
+                transport.push(state, version)
                 times.append(time.perf_counter() - started)
             shared_s = statistics.median(times)
         finally:

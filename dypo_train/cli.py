@@ -164,6 +164,9 @@ def serve_rollouts(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the first server; the others take the next ones.")] = 8001,
     kv_cache_gib: Annotated[float, typer.Option(help="CPU KV cache of each server (GiB).")] = 1.0,
+    weight_transfer: Annotated[str, typer.Option(help="The run's rollout.weight_transfer: shared_path (any machine), nccl or "
+                                                      "ipc (vLLM's engines; CUDA only).")] = "shared_path",
+    tensor_parallel_size: Annotated[int, typer.Option(help="GPUs each server splits the model over.")] = 1,
     log_dir: Annotated[Optional[Path], typer.Option(help="Where the servers' logs go (default: the temp dir).")] = None,
 ) -> None:
     """Start vLLM servers for `run --set rollout.backend=server`; they stop on Ctrl-C."""
@@ -174,11 +177,12 @@ def serve_rollouts(
 
     try:
         with sigterm_as_interrupt():
-            started = start_rollout_servers(rollout_server_spec(policy, name=name, kv_cache_gib=kv_cache_gib), count=servers,
-                                            host=host, port=port, log_dir=log_dir)
+            spec = rollout_server_spec(policy, name=name, kv_cache_gib=kv_cache_gib, tensor_parallel_size=tensor_parallel_size)
+            started = start_rollout_servers(spec, count=servers, host=host, port=port, log_dir=log_dir,
+                                            weight_transfer=weight_transfer)
             urls = ",".join(s.base_url for s in started)
             print(f"serving {name} at {urls}\ntrain with: --set rollout.backend=server --set rollout.base_urls=[{urls}] "
-                  f"--set model.name={name}", flush=True)
+                  f"--set model.name={name} --set rollout.weight_transfer={weight_transfer}", flush=True)
             try:
                 while not (dead := [s for s in started if s.process.poll() is not None]):
                     time.sleep(1.0)

@@ -169,6 +169,26 @@ class RolloutConfig:
     weight_dir: str = _f("", "rollout.backend=server: a directory the trainer and every server can read, where each policy "
                              "version is written for the servers to reload (default: RUN_DIR/weights).")
     server_timeout_s: float = _f(600.0, "rollout.backend=server: seconds one request or weight push may take.")
+    weight_transfer: Literal["shared_path", "nccl", "ipc"] = _f(
+        "shared_path",
+        "rollout.backend=server: how each update reaches the servers. shared_path: written once under "
+        "rollout.weight_dir, reloaded by every server (any machine, CPU included). nccl: broadcast from the trainer's GPU "
+        "to every server's GPUs by vLLM's NCCL weight-transfer engine. ipc: CUDA IPC handles to servers on the trainer's "
+        "GPU (same node). nccl and ipc need CUDA and servers started with the same choice "
+        "(dypo-train serve-rollouts --weight-transfer).",
+    )
+    nccl_address: str = _f("", "rollout.weight_transfer=nccl: the trainer's address the servers' workers connect to for the "
+                                "NCCL rendezvous (default: 127.0.0.1 when every server is on this machine, else this host's "
+                                "address).")
+    nccl_port: int = _f(0, "rollout.weight_transfer=nccl: the port of that rendezvous (0: a free one).")
+    weight_bucket_bytes: int = _f(
+        1 << 30,
+        "Weight sync: at most this many bytes of full weights are gathered and sent at once (a larger tensor goes "
+        "alone): a sharded (FSDP2) trainer gathers this much into its colocated engine at a time; for nccl/ipc it is "
+        "vLLM's packed buffer size.",
+    )
+    tensor_parallel_size: int = _f(1, "rollout.backend=engine: GPUs each process's in-process engine splits the model "
+                                      "over (processes x this must fit the visible GPUs; 1 on CPU).")
     overlap: bool = _f(False, "Shorthand for max_staleness=1 (at least): one-step-stale overlap of sampling and training.")
     max_staleness: int = _f(
         0,
@@ -189,6 +209,18 @@ class RolloutConfig:
         _check(self.server_timeout_s > 0, "rollout.server_timeout_s", self.server_timeout_s, "must be > 0", "use 600")
         _check(self.max_staleness >= 0, "rollout.max_staleness", self.max_staleness, "must be >= 0",
                "use 0 (synchronous) or 1 (one-step-stale overlap)")
+        _check(self.backend == "server" or self.weight_transfer == "shared_path", "rollout.weight_transfer",
+               self.weight_transfer, "applies to rollout.backend=server (an in-process engine takes the tensors directly)",
+               "set rollout.backend=server, or drop rollout.weight_transfer")
+        _check(0 <= self.nccl_port <= 65535, "rollout.nccl_port", self.nccl_port, "must be in [0, 65535]",
+               "use 0 for a free port")
+        _check(self.weight_bucket_bytes >= 1, "rollout.weight_bucket_bytes", self.weight_bucket_bytes, "must be >= 1",
+               "use 1073741824 (1 GiB)")
+        _check(self.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", self.tensor_parallel_size, "must be >= 1",
+               "use 1, or the GPUs one engine may take")
+        _check(self.backend == "engine" or self.tensor_parallel_size == 1, "rollout.tensor_parallel_size",
+               self.tensor_parallel_size, "applies to rollout.backend=engine (servers are started with their own)",
+               "drop it, and start the servers with dypo-train serve-rollouts --tensor-parallel-size")
 
     @property
     def staleness(self) -> int:

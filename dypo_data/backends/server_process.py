@@ -81,7 +81,9 @@ class LocalServer:
         log_path: str | os.PathLike | None = None,
         startup_timeout_s: float = 300.0,
         env: dict[str, str] | None = None,
+        extra_args: list[str] | tuple[str, ...] = (),
     ) -> None:
+        """`extra_args`: more `vllm.entrypoints.openai.api_server` arguments, after those of `server_command`."""
         check_model_dir(model.path)
         self.model = model
         self.host = host
@@ -89,6 +91,7 @@ class LocalServer:
         self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"dypo-vllm-server-{self.port}.log"
         self.startup_timeout_s = startup_timeout_s
         self.env = dict(env or {})
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -103,7 +106,7 @@ class LocalServer:
         if cpu:
             for key, value in plan_for(self.model).environment().items():
                 env.setdefault(key, value)
-        cmd = server_command(self.model, host=self.host, port=self.port, cpu=cpu)
+        cmd = server_command(self.model, host=self.host, port=self.port, cpu=cpu) + self.extra_args
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(
                 cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -124,6 +124,10 @@ def check_inputs(cfg: TrainConfig) -> OfflineSource | None:
     if not cfg.data.store:
         raise ConfigError("data.store is not set", "pass --store DIR (a store made by dypo-data)")
     check_writable(open_store(cfg.data.store))  # metrics, online rollouts and evals are written into it
+    if cfg.data.mode == "online":
+        from dypo_train.online.devices import check_rollout_devices
+
+        check_rollout_devices(cfg.rollout)  # nccl / ipc without CUDA, tensor parallel beyond the GPUs
     if cfg.eval.every:
         from dypo_train.eval import parse_sets
 

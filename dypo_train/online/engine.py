@@ -50,6 +50,8 @@ from dypo_data.backends import GenerationRequest, ModelSpec, SamplingConfig
 from dypo_data.backends.base import SEED_RANGE
 from dypo_data.contracts import stable_hash
 from dypo_data.errors import BackendError
+from dypo_train.online.devices import check_tensor_parallel
+from dypo_train.online.weights import stream_weights
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +88,27 @@ class RolloutEngine:
         self, model_dir: str | os.PathLike, *, dtype: str = "float32", kv_cache_gib: float = 1,
         max_model_len: int | None = None, enforce_eager: bool = True, seed: int = 0,
         gpu_memory_utilization: float = 0.3, name: str = "policy", logprobs_mode: str = "raw",
+        tensor_parallel_size: int = 1, bucket_bytes: int = 1 << 30,
     ) -> None:
         """`seed`: the base seed `generate` uses when called without one. `name`: the model name
         of the spec (traces record the name given to `record_rollouts`). `logprobs_mode`: "raw"
-        (log_softmax of the logits, what a trainer recomputes) or "processed" (after temperature, top-p)."""
+        (log_softmax of the logits, what a trainer recomputes) or "processed" (after temperature, top-p).
+        `tensor_parallel_size`: GPUs the engine splits the model over (1 on CPU: `check_tensor_parallel`).
+        `bucket_bytes`: at most this many bytes of full weights are gathered at once by `load_weights`."""
         import torch
 
         from dypo_data.backends.vllm_engine import VLLMBackend
 
         self.seed = seed
+        self.bucket_bytes = bucket_bytes
         self.version: int | None = None  # the policy version of the weights last loaded (None: the model directory's)
         self.spec = ModelSpec(
             name=name, path=str(Path(model_dir).expanduser()), dtype=dtype, max_model_len=max_model_len,
             enforce_eager=enforce_eager, kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization,
-            logprobs_mode=logprobs_mode,
+            logprobs_mode=logprobs_mode, tensor_parallel_size=tensor_parallel_size,
         )
+        check_tensor_parallel(tensor_parallel_size, local_processes=1,
+                              gpus=torch.cuda.device_count() if torch.cuda.is_available() else 0)
         self._caller_mp = os.environ.get(_MP_ENV)
         self._caller_set_num_threads = torch.set_num_threads
         threads = torch.get_num_threads()
@@ -156,14 +164,15 @@ class RolloutEngine:
         model's `state_dict()`); returns the seconds it took, cache reset included. `version`: the policy
         version these weights are (kept as `self.version`; a server fleet reports it to its servers).
 
-        Tensors are sent detached, on CPU, contiguous and in the engine's dtype, one at a time, so
-        at most one converted copy is alive besides the engine's own weights.
+        Tensors are streamed (`stream_weights`): detached, contiguous and in the engine's dtype, gathered
+        `bucket_bytes` at a time when the model is sharded (FSDP2 DTensors: every rank of the group must
+        call this together), so at most about one bucket of full weights is alive besides the engine's own.
         """
         llm = self._backend().llm
         started = time.perf_counter()
         if self.weight_shapes is not None:
             check_state_dict(state_dict, self.weight_shapes)
-        weights = ((name, self._engine_tensor(t)) for name, t in state_dict.items())
+        weights = stream_weights(state_dict, dtype=self.dtype, bucket_bytes=self.bucket_bytes)
         try:
             llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         except Exception as exc:  # names or shapes the checkpoint files did not reveal
@@ -176,12 +185,6 @@ class RolloutEngine:
         llm.reset_prefix_cache()  # cached prompt blocks hold attention state of the old weights
         self.version = version
         return time.perf_counter() - started
-
-    def _engine_tensor(self, tensor: Any) -> Any:
-        tensor = tensor.detach()
-        if tensor.is_floating_point() and tensor.dtype != self.dtype:
-            tensor = tensor.to(dtype=self.dtype)
-        return tensor.cpu().contiguous()
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -9,7 +9,9 @@
 The same calls as `RolloutEngine`, so `OnlineSource` drives either. Requests go through dypo_data's
 OpenAI-compatible fleet client (`OpenAIBackend`: each call to the least busy live server, retries with
 backoff elsewhere, timeouts), one call per sample with the per-sample seed, so the rollouts are those
-the in-process engine would draw. Weights go through `SharedPathTransport` (weight_transfer.py).
+the in-process engine would draw. Weights go through the transport `weight_transfer` names: `SharedPathTransport`
+(weight_transfer.py, the default) or vLLM's own nccl / ipc engines (`EngineTransport`, vllm_transfer.py); the
+fleet calls the same four methods of either.
 
 The policy version is checked around every generation: before it, a live server reporting another
 version than the last push (it was down at the push, or restarted with its original weights) gets the
@@ -42,11 +44,18 @@ class ServerFleet:
     """Rollouts from vLLM servers, weights pushed after each update; see the module docstring."""
 
     def __init__(self, spec: ModelSpec, base_urls: Sequence[str], *, weight_dir: str | os.PathLike, seed: int = 0,
-                 timeout_s: float = 600.0, max_retries: int = 4, cooldown_s: float = 2.0) -> None:
+                 timeout_s: float = 600.0, max_retries: int = 4, cooldown_s: float = 2.0,
+                 weight_transfer: str = "shared_path", bucket_bytes: int = 1 << 30, nccl_address: str = "",
+                 nccl_port: int = 0) -> None:
+        """`weight_transfer`, `bucket_bytes`, `nccl_address`, `nccl_port`: rollout.weight_transfer and its settings."""
         import torch
 
         from dypo_data.backends.openai_server import OpenAIBackend
 
+        if weight_transfer != "shared_path":  # before any server is contacted
+            from dypo_train.online.devices import require_cuda
+
+            require_cuda(weight_transfer)
         self.spec, self.seed = spec, seed
         self.client = OpenAIBackend(spec, base_urls=list(base_urls), timeout_s=timeout_s, max_retries=max_retries,
                                     cooldown_s=cooldown_s)
@@ -54,11 +63,12 @@ class ServerFleet:
             raise ConfigError(f"the servers at {', '.join(base_urls)} serve model {self.client.served_model!r}, not the policy "
                               f"{spec.name!r}", "start them on the policy with --served-model-name set to model.name "
                               "(dypo-train serve-rollouts does)")
-        self.transport = SharedPathTransport(weight_dir, base_urls, timeout_s=timeout_s)
         self.dtype = getattr(torch, _DTYPES[spec.dtype])
+        self.transport = make_transport(weight_transfer, base_urls, weight_dir=weight_dir, dtype=self.dtype,
+                                        timeout_s=timeout_s, bucket_bytes=bucket_bytes, nccl_address=nccl_address,
+                                        nccl_port=nccl_port)
         self.weight_shapes = checkpoint_shapes(spec.path)
         self.version: int | None = None  # the policy version every server should hold
-        self.path = None  # where that version's weights are written
         self.start_seconds = 0.0
 
     # -- rollouts -------------------------------------------------------------------------------
@@ -78,15 +88,14 @@ class ServerFleet:
     # -- weights --------------------------------------------------------------------------------
 
     def load_weights(self, state_dict: Mapping[str, Any], *, version: int) -> float:
-        """Write `state_dict` as policy version `version` and have every live server reload it; returns the seconds."""
+        """Send `state_dict` as policy version `version` to every live server; returns the seconds."""
         import time
 
         started = time.perf_counter()
         if self.weight_shapes is not None:
             check_state_dict(state_dict, self.weight_shapes)
-        self.path = self.transport.write(state_dict, version, self.dtype)
+        missed = self.transport.push(state_dict, version)
         self.version = version
-        missed = self.transport.push(self.path, version)
         if len(missed) == len(self.transport.urls):
             raise self._none_left()
         return time.perf_counter() - started
@@ -101,7 +110,7 @@ class ServerFleet:
         behind = [url for url, v in live.items() if v != str(self.version)]
         if behind:
             log.warning("servers %s hold another policy version than %d; pushing it again", behind, self.version)
-            self.transport.push(self.path, self.version, behind)
+            self.transport.repush(behind, self.version)
 
     def check_versions(self) -> None:
         """BackendError unless every live server still reports `self.version` (none changed during the generation)."""
@@ -117,7 +126,21 @@ class ServerFleet:
                             "start them again (dypo-train serve-rollouts), then continue with dypo-train run --resume RUN_DIR")
 
     def close(self) -> None:
-        self.client.close()
+        try:
+            self.transport.close()
+        finally:
+            self.client.close()
+
+
+def make_transport(choice: str, base_urls: Sequence[str], *, weight_dir: str | os.PathLike, dtype: Any, timeout_s: float,
+                   bucket_bytes: int, nccl_address: str = "", nccl_port: int = 0) -> Any:
+    """The transport of rollout.weight_transfer=`choice`: push / repush / versions / close, whichever it is."""
+    if choice == "shared_path":
+        return SharedPathTransport(weight_dir, base_urls, dtype=dtype, timeout_s=timeout_s)
+    from dypo_train.online.vllm_transfer import EngineTransport
+
+    return EngineTransport(base_urls, backend=choice, dtype=dtype, bucket_bytes=bucket_bytes, nccl_address=nccl_address,
+                           nccl_port=nccl_port, timeout_s=timeout_s)
 
 
 def _sample(result: Any, completion: Any) -> RolloutSample:

@@ -179,7 +179,9 @@ def start_sampler(cfg: TrainConfig, model_path: Any, *, name: str, context: int)
     r = cfg.rollout
     weight_dir = r.weight_dir or str(Path(cfg.run.output_dir) / cfg.run.name / "weights")
     spec = ModelSpec(name=name, path=str(model_path), dtype=r.dtype)
-    return ServerFleet(spec, r.base_urls, weight_dir=weight_dir, seed=cfg.run.seed, timeout_s=r.server_timeout_s)
+    return ServerFleet(spec, r.base_urls, weight_dir=weight_dir, seed=cfg.run.seed, timeout_s=r.server_timeout_s,
+                       weight_transfer=r.weight_transfer, bucket_bytes=r.weight_bucket_bytes, nccl_address=r.nccl_address,
+                       nccl_port=r.nccl_port)
 
 
 def start_rollout_engine(cfg: TrainConfig, model_path: Any, *, name: str, context: int) -> RolloutEngine:
@@ -190,6 +192,7 @@ def start_rollout_engine(cfg: TrainConfig, model_path: Any, *, name: str, contex
         str(model_path), dtype=cfg.rollout.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
         max_model_len=min(context, longest) if longest else context, seed=cfg.run.seed,
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, name=name,
+        tensor_parallel_size=cfg.rollout.tensor_parallel_size, bucket_bytes=cfg.rollout.weight_bucket_bytes,
     )
 
 

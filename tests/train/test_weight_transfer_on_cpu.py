@@ -43,7 +43,7 @@ def test_older_versions_are_pruned(tmp_path):
 def test_unreachable_servers_are_reported_not_raised(tmp_path):
     transport = SharedPathTransport(tmp_path, ["http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1"], timeout_s=5)
     path = transport.write({"w": torch.zeros(2)}, 0, torch.float32)
-    assert transport.push(path, 0) == ["http://127.0.0.1:9", "http://127.0.0.1:10"]
+    assert transport.reload(path, 0) == ["http://127.0.0.1:9", "http://127.0.0.1:10"]
     assert transport.versions() == {}  # only servers that answer
 
 
@@ -67,7 +67,7 @@ def test_a_server_without_the_dev_routes_is_named(tmp_path):
         url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
         transport = SharedPathTransport(tmp_path, [url], timeout_s=5)
         with pytest.raises(BackendError, match="no /collective_rpc route") as info:
-            transport.push(transport.write({"w": torch.zeros(2)}, 0, torch.float32), 0)
+            transport.push({"w": torch.zeros(2)}, 0)
         assert "VLLM_SERVER_DEV_MODE=1" in info.value.hint
     finally:
         httpd.shutdown()
