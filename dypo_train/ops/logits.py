@@ -67,7 +67,7 @@ def _entropy_of(xc: Tensor, lse: Tensor) -> Tensor:
     """-sum_v p log p of rows xc (r, V) whose logsumexp is lse (r,); 0 log 0 = 0 for -inf logits."""
     logp = xc - lse.unsqueeze(1)  # (r, V)
     p = logp.exp()
-    return -(p * logp.masked_fill(p == 0, 0.0)).sum(dim=1)
+    return -torch.linalg.vecdot(p, torch.where(p > 0, logp, 0.0))  # (r,): a fused multiply-sum, no (r, V) product
 
 
 def token_logprobs(logits: Tensor, targets: Tensor, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Tensor:
