@@ -33,7 +33,7 @@ def summary_views(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """Within: `scored_traces`, `groups` and `teacher_pool` (with only the columns above, and
     `completion_chars` in place of `completion`) read one in-memory copy; `latest_verdicts` and the
     raw tables are the store's views. `con` must be a connection from `views.connect`."""
-    home = con.execute("SELECT current_database()").fetchone()[0]
+    home = con.execute("SELECT current_database()").fetchall()[0][0]
     con.execute(f"ATTACH ':memory:' AS {SUMMARY_DB}")
     try:
         con.execute(f"CREATE TABLE {SUMMARY_DB}.scored_traces AS SELECT {_COPIED} FROM {home}.main.scored_traces")

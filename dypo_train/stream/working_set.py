@@ -11,13 +11,23 @@ depends on the step's rows, not on the store. After planning the store is not re
 Disk: about the size of the run's rows uncompressed (for 100k prompts x 8 rollouts x 400 tokens,
 about 3 GB) in the system's temporary directory (`TMPDIR`), removed when the stream is closed or the
 process ends.
+
+Shared: processes that plan the same rows of the same shards (the ranks of a data-parallel run on one
+machine) use one working set (`SharedWorkingDir`, named by what it holds): the first builds it while
+the others wait on its lock, then all map the same files; the last to close removes it. So N ranks
+cost one pass over the store and one copy on disk, not N.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import hashlib
+import os
+import random
 import shutil
 import tempfile
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +40,7 @@ import pyarrow.ipc as ipc
 from dypo_data.errors import InputError
 from dypo_data.store import queries
 from dypo_data.store.shards import shard_row_groups
-from dypo_data.store.views import has_shards
+from dypo_data.store.views import has_shards, shard_variable
 from dypo_train.stream.types import PromptGroup, Rollout, TeacherTrace
 
 LOCATION = ("filename", "file_row_number")
@@ -121,6 +131,7 @@ def materialise(located: pa.Table, key: str, large: list[str], path: Path) -> Ro
         if writer is None:
             writer = ipc.new_file(sink, small.schema)
         writer.close()
+    np.save(_order_path(path), order)
     return RowFile(_mapped(path), order, _spans(located.column(key)))
 
 
@@ -128,7 +139,20 @@ def keep(table: pa.Table, key: str, path: Path) -> RowFile:
     """Write `table` (sorted by `key`, all its columns small) to `path` as it is."""
     with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    return RowFile(_mapped(path), np.arange(table.num_rows), _spans(table.column(key)))
+    order = np.arange(table.num_rows)
+    np.save(_order_path(path), order)
+    return RowFile(_mapped(path), order, _spans(table.column(key)))
+
+
+def load(path: Path, key: str) -> RowFile:
+    """The RowFile that `materialise` or `keep` wrote to `path` (its rows mapped, not read)."""
+    table = _mapped(path)
+    order = np.load(_order_path(path))
+    return RowFile(table, order, _spans(table.column(key).take(pa.array(order))))
+
+
+def _order_path(path: Path) -> Path:
+    return path.with_suffix(".order.npy")
 
 
 def _mapped(path: Path) -> pa.Table:
@@ -142,8 +166,81 @@ class WorkingDir:
         self.path = Path(tempfile.mkdtemp(prefix="dypo-working-set-"))
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
 
+    ready = False  # a private directory starts empty
+
+    def mark_ready(self) -> None:
+        pass
+
     def close(self) -> None:
         self._finalizer()
+
+
+class SharedWorkingDir:
+    """A working-set directory named by `key` (what it holds), shared by every process of this user
+    that opens the same key; see the module docstring.
+
+    Every user holds the directory's lock shared while it uses the files. Opening takes it shared; a
+    directory not `ready` yet is built by whoever first gets the lock exclusively (the others wait,
+    retrying, and then find it ready). `close()` removes the directory when no one else holds it, and
+    lets go. Two streams of one process on the same key share it too (their locks are compatible). A
+    directory left by a killed process is rebuilt (not ready) or reused (ready: its files are complete
+    for its key).
+    """
+
+    READY = ".complete"
+
+    def __init__(self, key: str) -> None:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        self.path = Path(tempfile.gettempdir()) / f"dypo-working-set-{os.getuid()}-{digest}"
+        self._fd, self.ready = self._enter()
+        self._finalizer = weakref.finalize(self, _leave_shared, self.path, self._fd)
+
+    def _enter(self) -> tuple[int, bool]:
+        """(the lock file held shared if the directory is ready, else exclusively to build it, ready)."""
+        lock = self.path / ".lock"
+        while True:
+            self.path.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a process builds or removes it
+            if _is_current(fd, lock):
+                if (self.path / self.READY).exists():
+                    return fd, True
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # only one may build; the others retry
+                    if _is_current(fd, lock) and not (self.path / self.READY).exists():
+                        return fd, False
+                except BlockingIOError:
+                    pass
+            os.close(fd)
+            time.sleep(random.uniform(0.02, 0.2))
+
+    def mark_ready(self) -> None:
+        (self.path / self.READY).touch()
+        self.ready = True
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _is_current(fd: int, lock: Path) -> bool:
+    """`fd` is the directory's lock file, not one that its last user removed meanwhile."""
+    try:
+        return os.fstat(fd).st_ino == os.stat(lock).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _leave_shared(path: Path, fd: int) -> None:
+    """Remove `path` if no other process holds its lock (an exclusive lock is then free), then let go."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pass  # another process still reads it: the last one removes it
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        os.close(fd)
 
 
 def list_values(column: pa.ChunkedArray) -> list[list | None]:
@@ -160,35 +257,56 @@ def list_values(column: pa.ChunkedArray) -> list[list | None]:
 class RunRows:
     """The rows of a planned run (see the module docstring): rollouts, prompts and teacher pool by unit."""
 
-    def __init__(self, con, *, units: list[str], unit_kind: str, teachers: list[str]) -> None:
-        """Locate and copy the rows of `units` through `con` (a store connection, see dypo_data.store.connect)."""
+    def __init__(self, con, *, units: list[str], unit_kind: str, teachers: list[str], share: bool = True) -> None:
+        """Locate and copy the rows of `units` through `con` (a store connection, see dypo_data.store.connect),
+        or map those another process copied (`share`: see the module docstring)."""
         self.unit_kind = unit_kind
-        self.dir = WorkingDir()
         self.rows_read = 0  # rows taken from the working set so far (what a step costs)
+        self.dir = SharedWorkingDir(_share_key(con, units, unit_kind, teachers)) if share else WorkingDir()
+        self.built = not self.dir.ready  # this process copied the rows (else it maps another's copy)
         try:
-            self.rollouts = None
-            if unit_kind == "group":
-                located = queries.rollout_locations(con, units)
-                self.rollouts = materialise(located, "group_id", ROLLOUT_LARGE, self.dir.path / "rollouts.arrow")
-                prompt_ids = sorted(set(located.column("prompt_id").to_pylist()))
+            if self.built:
+                self._build(con, units, teachers)
+                self.dir.mark_ready()
             else:
-                prompt_ids = sorted(set(units))
-            self.prompts = keep(queries.prompts_of(con, prompt_ids), "prompt_id", self.dir.path / "prompts.arrow")
-            located = (queries.teacher_locations(con, prompt_ids, teachers) if teachers and has_shards(con, "traces")
-                       else pa.table({"prompt_id": pa.array([], pa.string()), "trace_id": pa.array([], pa.string()),
-                                      "model": pa.array([], pa.string()), "filename": pa.array([], pa.string()),
-                                      "file_row_number": pa.array([], pa.int64())}))
-            self.teachers = materialise(located, "prompt_id", TEACHER_LARGE, self.dir.path / "teachers.arrow")
+                self._load()
         except OSError as exc:
-            self.dir.close()
+            self._discard()
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise InputError(f"no room for the run's working set in {self.dir.path.parent} ({exc.strerror})",
                                  "point TMPDIR at a disk with room for the run's rollouts uncompressed (about 3 GB per "
                                  "100k prompts x 8 rollouts x 400 tokens)") from exc
             raise
         except BaseException:
-            self.dir.close()
+            self._discard()
             raise
+
+    def _build(self, con, units: list[str], teachers: list[str]) -> None:
+        path = self.dir.path
+        self.rollouts = None
+        if self.unit_kind == "group":
+            located = queries.rollout_locations(con, units)
+            self.rollouts = materialise(located, "group_id", ROLLOUT_LARGE, path / "rollouts.arrow")
+            prompt_ids = sorted(set(located.column("prompt_id").to_pylist()))
+        else:
+            prompt_ids = sorted(set(units))
+        self.prompts = keep(queries.prompts_of(con, prompt_ids), "prompt_id", path / "prompts.arrow")
+        located = (queries.teacher_locations(con, prompt_ids, teachers) if teachers and has_shards(con, "traces")
+                   else pa.table({"prompt_id": pa.array([], pa.string()), "trace_id": pa.array([], pa.string()),
+                                  "model": pa.array([], pa.string()), "filename": pa.array([], pa.string()),
+                                  "file_row_number": pa.array([], pa.int64())}))
+        self.teachers = materialise(located, "prompt_id", TEACHER_LARGE, path / "teachers.arrow")
+
+    def _load(self) -> None:
+        path = self.dir.path
+        self.rollouts = load(path / "rollouts.arrow", "group_id") if self.unit_kind == "group" else None
+        self.prompts = load(path / "prompts.arrow", "prompt_id")
+        self.teachers = load(path / "teachers.arrow", "prompt_id")
+
+    def _discard(self) -> None:
+        """After a failure: let go of the directory; a build's own (not ready, held exclusively) is removed with
+        what it wrote, and a process waiting for it then builds it afresh."""
+        self.dir.close()
 
     def _take(self, rows: RowFile, keys: list[str]) -> pa.Table:
         """The rows of `keys` in reading order."""
@@ -225,6 +343,19 @@ class RunRows:
 
     def close(self) -> None:
         self.dir.close()
+
+
+def _share_key(con, units: list[str], unit_kind: str, teachers: list[str]) -> str:
+    """What a working set holds: these units and teachers from exactly the shards `con`'s views read (each
+    file's path, size and modification time), so a store that changed since gives another key."""
+    digest = hashlib.sha256()
+    for part in (unit_kind, *teachers, "|", *units, "|"):
+        digest.update(part.encode() + b"\0")
+    for table in ("prompts", "traces", "verdicts"):
+        for name in con.execute(f"SELECT getvariable('{shard_variable(table)}')").fetchall()[0][0] or []:
+            stat = os.stat(name)
+            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode() + b"\0")
+    return digest.hexdigest()
 
 
 def _rollouts(table: pa.Table) -> list[Rollout]:

@@ -119,3 +119,94 @@ def test_a_planned_run_lets_a_compaction_finish_and_keeps_reading(store):
         assert view_groups(store.root, stream.plan.units, "group", stream.plan.teachers) == expected
     finally:
         stream.close()
+
+
+def _plan_in_a_process(root, started, release, out) -> None:
+    """A process planning the same run: reports whether it built the working set and what a step reads."""
+    stream = StoreStream(root, unit_kind="group", teachers=["teacher-r1-7b"])
+    started.wait()  # every process has planned before any closes
+    out.put((stream.rows.built, str(stream.rows.dir.path), stream_groups(stream, stream.units_for_step(1, 3))))
+    release.wait()
+    stream.close()
+
+
+def test_processes_planning_the_same_rows_share_one_working_set(store):
+    """The ranks of a run on one machine: one copies the rows, the others wait and map the same files."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    started, release, out = ctx.Barrier(3), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_plan_in_a_process, args=(str(store.root), started, release, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        started.wait(timeout=120)
+        reports = [out.get(timeout=60) for _ in procs]
+    finally:
+        release.set()
+        for p in procs:
+            p.join(timeout=60)
+    assert sorted(built for built, _, _ in reports) == [False, True]
+    assert len({path for _, path, _ in reports}) == 1
+    assert reports[0][2] == reports[1][2] and reports[0][2]
+    assert all(p.exitcode == 0 for p in procs)
+    from pathlib import Path
+
+    assert not Path(reports[0][1]).exists()  # the last to close removed it
+
+
+def test_streams_of_one_process_share_until_the_last_closes(store):
+    first = StoreStream(store.root, unit_kind="group")
+    second = StoreStream(store.root, unit_kind="group")
+    try:
+        assert first.rows.built and not second.rows.built and first.rows.dir.path == second.rows.dir.path
+        units = first.plan.units
+        expected = view_groups(store.root, units, "group", first.plan.teachers)
+        assert stream_groups(second, units) == stream_groups(first, units) == expected
+        first.close()
+        assert second.rows.dir.path.exists() and stream_groups(second, units[:2])
+    finally:
+        second.close()
+    assert not first.rows.dir.path.exists()
+
+
+def test_a_store_that_changed_is_copied_again(store):
+    import pyarrow as pa
+
+    from dypo_data.contracts import VERDICTS
+
+    first = StoreStream(store.root, unit_kind="group")
+    try:
+        import datetime as dt
+
+        later = dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)  # the newest verdict of a trace counts
+        policy = {t["trace_id"] for t in store.traces if t["role"] == "policy"}
+        regraded = [dict(v, verdict_id=v["verdict_id"] + "-again", correct=not v["correct"], reward=1.0 - v["reward"],
+                         created_at=later) for v in store.verdicts if v["correct"] is not None and v["trace_id"] in policy][:4]
+        ShardWriter(store.root, "regrade").write("verdicts", pa.Table.from_pylist(regraded, schema=VERDICTS))
+        second = StoreStream(store.root, unit_kind="group")
+        try:
+            assert second.rows.built and second.rows.dir.path != first.rows.dir.path
+            units = second.plan.units
+            assert stream_groups(second, units) == view_groups(store.root, units, "group", second.plan.teachers)
+            assert stream_groups(first, units) != stream_groups(second, units)  # the first keeps its own rows
+        finally:
+            second.close()
+    finally:
+        first.close()
+
+
+def test_a_working_set_left_half_written_is_built_again(store):
+    stream = StoreStream(store.root, unit_kind="group")
+    folder, units = stream.rows.dir.path, stream.plan.units
+    expected = stream_groups(stream, units)
+    stream.close()
+    folder.mkdir()  # as a builder killed mid-copy leaves it: the lock file and a partial file, not ready
+    (folder / ".lock").touch()
+    (folder / "rollouts.arrow").write_bytes(b"partial")
+    again = StoreStream(store.root, unit_kind="group")
+    try:
+        assert again.rows.built and again.rows.dir.path == folder
+        assert stream_groups(again, units) == expected
+    finally:
+        again.close()
