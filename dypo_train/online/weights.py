@@ -64,9 +64,10 @@ def stream_weights(state_dict: Mapping[str, torch.Tensor], *, dtype: torch.dtype
     """
     sizes = [(name, nbytes(t, dtype)) for name, t in state_dict.items()]
     for names in bucket_names(sizes, bucket_bytes):
-        bucket = [(name, _wire(full_tensor(state_dict[name]), dtype, device)) for name in names]  # the gathers of this bucket
-        yield from bucket
-        del bucket
+        gathered = [(name, full_tensor(state_dict[name])) for name in names]  # this bucket's gathers (a plain tensor: itself)
+        for name, tensor in gathered:
+            yield name, _wire(tensor, dtype, device)  # cast one at a time: one converted copy alive, not a bucket's
+        del gathered
 
 
 def weight_shapes(state_dict: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
