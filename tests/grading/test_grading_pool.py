@@ -159,6 +159,25 @@ def test_a_killed_worker_is_replaced_and_only_its_item_is_lost():
     assert sorted(results) == [f"n{i}" for i in range(5)] and all(g.correct for g in results.values())
 
 
+def test_a_killed_worker_loses_only_its_item_not_the_results_it_held():
+    # The worker sends results in groups: the three items before the tower are done but not yet
+    # sent when the kill comes. The worker's shared progress names the tower as the item it was
+    # grading, so only the tower is lost; the three are graded again by the fresh worker.
+    items = normal_items(3, "held") + [GradeItem("tower", "3", POWER_TOWER)] + normal_items(3, "queued")
+    with VerifierPool(VerifierConfig(workers=1, timeout_s=30.0, queue_depth=8)) as pool:
+        (pid,) = pool.worker_pids()
+        killer = threading.Timer(0.5, os.kill, (pid, signal.SIGKILL))
+        killer.start()
+        results = {g.key: g for g in pool.grade(items)}
+        killer.join()
+        assert pool.counters["worker_died"] == 1
+    tower = results.pop("tower")
+    assert (tower.status, tower.correct) == (VerdictStatus.ERROR, None)
+    assert 0.4 <= tower.seconds < 5.0  # timed from when the worker started the tower
+    assert sorted(results) == [f"held{i}" for i in range(3)] + [f"queued{i}" for i in range(3)]
+    assert all(g.correct for g in results.values())
+
+
 def test_an_idle_worker_killed_between_runs_is_replaced():
     with VerifierPool(VerifierConfig(workers=2)) as pool:
         victim = pool.worker_pids()[0]
