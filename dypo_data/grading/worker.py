@@ -3,8 +3,8 @@
 Protocol over one duplex pipe. Parent to worker: a list of `(seq, gold, completion)` items per
 message, `None` to stop. Worker to parent: `("ready", pid)` once warmed up, then lists of
 `(seq, status, correct, extracted_answer, seconds)` results, in the order the items came. Results
-are sent in groups of `config.queue_depth // 2` (at once when the worker runs out of items or has
-held a result for `HOLD_S`), so the parent wakes once per group, not once per item.
+are sent in groups of `config.queue_depth // 2`, earlier when the worker runs out of items or, checked
+after each item, once the oldest held result has waited `HOLD_S`; the parent wakes once per group.
 
 Before it starts an item the worker writes the item's seq and start time into `progress`, a
 shared array of two doubles the parent reads: the parent therefore knows which item a stuck or
@@ -28,7 +28,7 @@ from dypo_data.contracts import VerdictStatus
 from dypo_data.grading.config import VerifierConfig
 
 READY = "ready"
-HOLD_S = 0.05  # longest a finished result waits to be sent with others
+HOLD_S = 0.05  # a held result is sent after the first item that ends this long after it
 IDLE = -1.0  # progress[0] until the worker starts its first item
 WARMUP_TIMEOUT_S = 60.0  # per warm-up item: a loaded machine must not interrupt the first imports
 # Graded once before a worker reports ready: sympy and latex2sympy import dozens of modules lazily
