@@ -55,9 +55,10 @@ class VerifierConfig:
         metadata={"help": "Which stated answer is graded when a completion gives several: 'last' or 'first'."},
     )
     queue_depth: int = field(
-        default=2,
-        metadata={"help": "Items sent ahead to each worker so it never waits for the parent; the "
-                          "timeout still applies to each item from the moment its worker starts it."},
+        default=8,
+        metadata={"help": "Items sent ahead to each worker so it never waits for the parent; items are "
+                          "sent and answered in groups of half this, so the parent wakes once per group. "
+                          "The timeout still applies to each item from the moment its worker starts it."},
     )
     worker_memory_mb: int = field(
         default=4096,
@@ -69,7 +70,7 @@ class VerifierConfig:
         _check_int(self, "workers", 1, "use 1 or the number of free cores")
         _check_int(self, "float_rounding", 0, "use 6, math-verify's default")
         _check_int(self, "numeric_precision", 1, "use 15, math-verify's default")
-        _check_int(self, "queue_depth", 1, "use 2")
+        _check_int(self, "queue_depth", 1, "use 8")
         _check_int(self, "worker_memory_mb", 0, "use 4096, or 0 for no cap")
         if not isinstance(self.timeout_s, (int, float)) or not math.isfinite(self.timeout_s) or self.timeout_s <= 0:
             raise ConfigError(f"timeout_s={self.timeout_s!r} must be a positive number of seconds", "use 5")

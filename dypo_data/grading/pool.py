@@ -2,14 +2,21 @@
 
 Each worker is a spawned process that grades one item at a time in its main thread, where
 math-verify's signal-based code works, and stops a slow item itself after `timeout_s`. The parent
-keeps `queue_depth` items queued per worker and enforces a hard limit of `hard_timeout_s` per item
-from outside: a worker that has not answered by then (stuck in C code, stopped, swapping) is killed
-and replaced, and its item is recorded as `timeout`. A worker that dies (killed for memory, crashed)
-is replaced too: the item it was grading is recorded as `error`, the items queued behind it are
-graded by the others. So one pathological answer costs at most one item and one respawn.
+keeps up to `queue_depth` items queued per worker, sent and answered in groups (`worker.py`), and
+enforces a hard limit of `hard_timeout_s` per item from outside: a worker whose current item has
+run that long (stuck in C code, stopped, swapping) is killed and replaced, and that item is
+recorded as `timeout`. A worker that dies (killed for memory, crashed) is replaced too: the item it
+was grading is recorded as `error`; the items it had finished but not yet sent, and those queued
+behind, are graded again by the others. So one pathological answer costs at most one item and one
+respawn.
 
-An item's clock starts when its worker starts it: when it is sent to an idle worker, or when the
-worker returns the item before it (never earlier, so the limit only errs towards leniency).
+An item's clock starts when its worker starts it: each worker writes the item it starts and the
+time into a small shared array, so the parent knows which item a stuck worker holds and since when.
+
+Routing: each gold has a home worker (a hash of the gold), whose caches then serve all rollouts of
+a prompt. Items are read ahead of the workers, up to `LOOKAHEAD_PER_WORKER` per worker, into one
+queue per home; a worker whose queue is empty once the read-ahead is full (or the input ended)
+takes the newest item of the longest other queue, so no worker idles while work is queued.
 """
 
 from __future__ import annotations
@@ -22,20 +29,20 @@ import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from dypo_data.contracts import VerdictStatus
 from dypo_data.errors import DypoError
 from dypo_data.grading.config import VerifierConfig
 from dypo_data.grading.extract import answer_candidates, snippet
 from dypo_data.grading.verdict import Grade, GradeItem, make_grade
-from dypo_data.grading.worker import READY, run_worker
+from dypo_data.grading.worker import IDLE, READY, run_worker
 
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0  # a worker must import math-verify and warm up within this
 MAX_START_FAILURES = 3  # consecutive workers that die before they are ready
-LOOKAHEAD_PER_WORKER = 8  # items read ahead of the workers, to route each gold to one worker
+LOOKAHEAD_PER_WORKER = 64  # items read ahead of the workers, to route each gold to its home worker
 
 
 class VerifierError(DypoError):
@@ -48,12 +55,28 @@ class VerifierError(DypoError):
 class _Worker:
     process: multiprocessing.process.BaseProcess
     conn: Connection
+    progress: Any  # shared [seq being graded or IDLE, its start]; written by the worker (worker.py)
     spawned_at: float
     ready: bool = False
     broken: bool = False  # a send failed: the process is dying, do not send more
     retiring: bool = False  # stopped an item by its own timer: replace it, its state may be damaged
-    inflight: deque = field(default_factory=deque)  # (seq, item) in the order sent
-    head_started: float = 0.0  # when the worker started inflight[0]
+    inflight: deque = field(default_factory=deque)  # (seq, item) sent and not yet answered, in order
+    heard: float = 0.0  # when the parent last sent to or heard from the worker
+
+    def running(self) -> tuple[int, float] | None:
+        """(index in inflight, start) of the item the worker is grading, if it is one of ours."""
+        seq, started = self.progress[0], self.progress[1]
+        if seq == IDLE or self.progress[0] != seq:  # idle, or the worker moved on while we read
+            return None
+        for index, (sent, _) in enumerate(self.inflight):
+            if sent == seq:
+                return index, started
+        return None
+
+    def started(self) -> float:
+        """When the worker started its current item (at the latest, when it last had news)."""
+        running = self.running()
+        return running[1] if running else self.heard
 
 
 class VerifierPool:
@@ -71,7 +94,7 @@ class VerifierPool:
         self._seq = itertools.count()
         self._workers: list[_Worker] = []
         self._pending: deque[GradeItem] = deque()  # items taken back from a replaced worker
-        self._lookahead: deque[tuple[int, GradeItem]] = deque()  # (home worker, item) read ahead
+        self._homes: list[deque[GradeItem]] = [deque() for _ in range(config.workers)]  # read ahead, by home
         self._source: Iterator[GradeItem] | None = None  # None once exhausted
         self._grading = False
         self._start_failures = 0
@@ -104,7 +127,7 @@ class VerifierPool:
         try:
             while True:
                 self._dispatch()
-                idle = not (self._pending or self._lookahead or any(w.inflight for w in self._workers))
+                idle = not (self._pending or any(self._homes) or any(w.inflight for w in self._workers))
                 if self._source is None and idle:
                     return
                 yield from self._poll(self._wait_timeout())
@@ -112,7 +135,8 @@ class VerifierPool:
             self._grading = False
             self._source = None
             self._pending.clear()
-            self._lookahead.clear()
+            for home in self._homes:
+                home.clear()
             for w in list(self._workers):  # stopped early: results still in flight would go stale
                 if w.inflight:
                     w.inflight.clear()
@@ -138,11 +162,13 @@ class VerifierPool:
 
     def _spawn(self) -> _Worker:
         parent_end, child_end = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=run_worker, args=(child_end, self.config), name="dypo-grader",
+        progress = self._ctx.RawArray("d", [IDLE, 0.0])
+        process = self._ctx.Process(target=run_worker, args=(child_end, self.config, progress), name="dypo-grader",
                                     daemon=True)
         process.start()
         child_end.close()
-        return _Worker(process, parent_end, time.monotonic())
+        now = time.monotonic()
+        return _Worker(process, parent_end, progress, now, heard=now)
 
     def _stop(self, w: _Worker) -> None:
         if w.process.is_alive():
@@ -161,9 +187,12 @@ class VerifierPool:
                                     "check that math-verify imports: python -c 'import math_verify'")
         grades = []
         if w.inflight and status is not None:
-            _, head = w.inflight.popleft()
-            seconds = time.monotonic() - w.head_started
-            grades.append(make_grade(head.key, status, None, _candidate(head, self.config), seconds))
+            # the item it was grading; unknown (it died between items): the oldest, as the likeliest cause
+            index, started = w.running() or (0, w.heard)
+            _, item = w.inflight[index]
+            del w.inflight[index]
+            seconds = time.monotonic() - started
+            grades.append(make_grade(item.key, status, None, _candidate(item, self.config), seconds))
         self._pending.extendleft(item for _, item in reversed(w.inflight))
         self.counters["respawns"] += 1
         self._workers[self._workers.index(w)] = self._spawn()
@@ -173,51 +202,53 @@ class VerifierPool:
 
     def _next_item(self, slot: int) -> GradeItem | None:
         """The next item for the worker at `slot`: one taken back from a replaced worker, else the
-        first read-ahead item whose gold belongs to this worker, else the oldest read-ahead item.
-
-        Keeping a gold on one worker lets that worker's caches serve all rollouts of a prompt (they
-        share the gold and often the answer); taking the oldest item otherwise keeps every worker
-        busy and delays no item by more than the read-ahead.
-        """
+        oldest read-ahead item of its home (reading further ahead while that is empty), else the
+        newest item of the longest other home (see the module docstring)."""
         if self._pending:
             return self._pending.popleft()
-        size = LOOKAHEAD_PER_WORKER * len(self._workers)
-        while self._source is not None and len(self._lookahead) < size:
+        home = self._homes[slot]
+        limit = LOOKAHEAD_PER_WORKER * len(self._workers)
+        while not home and self._source is not None and sum(map(len, self._homes)) < limit:
             try:
                 item = next(self._source)
             except StopIteration:
                 self._source = None
                 break
-            self._lookahead.append((zlib.crc32(item.gold.encode()) % len(self._workers), item))
-        for i, (home, item) in enumerate(self._lookahead):
-            if home == slot:
-                del self._lookahead[i]
-                return item
-        return self._lookahead.popleft()[1] if self._lookahead else None
+            self._homes[zlib.crc32(item.gold.encode()) % len(self._homes)].append(item)
+        if home:
+            return home.popleft()
+        donor = max(self._homes, key=len)
+        return donor.pop() if donor else None
 
     def _dispatch(self) -> None:
+        """Top up every worker that has answered half its queue, one message per worker."""
         for slot, w in enumerate(self._workers):
-            while w.ready and not (w.broken or w.retiring) and len(w.inflight) < self.config.queue_depth:
-                if not w.process.is_alive():  # died idle: nothing of ours to blame, `_poll` replaces it
-                    w.broken = True
-                    break
+            if not w.ready or w.broken or w.retiring or len(w.inflight) > self.config.queue_depth // 2:
+                continue
+            if not w.process.is_alive():  # died idle: nothing of ours to blame, `_poll` replaces it
+                w.broken = True
+                continue
+            batch = []
+            while len(w.inflight) + len(batch) < self.config.queue_depth:
                 item = self._next_item(slot)
                 if item is None:
-                    return
-                seq = next(self._seq)
-                try:
-                    w.conn.send((seq, item.gold, item.completion))
-                except OSError:  # the worker is dying; `_poll` sees its sentinel and replaces it
-                    w.broken = True
-                    self._pending.appendleft(item)
                     break
-                if not w.inflight:
-                    w.head_started = time.monotonic()
-                w.inflight.append((seq, item))
+                batch.append((next(self._seq), item))
+            if not batch:
+                return
+            try:
+                w.conn.send([(seq, item.gold, item.completion) for seq, item in batch])
+            except OSError:  # the worker is dying; `_poll` sees its sentinel and replaces it
+                w.broken = True
+                self._pending.extendleft(item for _, item in reversed(batch))
+                continue
+            if not w.inflight:
+                w.heard = time.monotonic()
+            w.inflight.extend(batch)
 
     def _wait_timeout(self) -> float | None:
         now = time.monotonic()
-        deadlines = [w.head_started + self.hard_timeout_s for w in self._workers if w.ready and w.inflight]
+        deadlines = [w.started() + self.hard_timeout_s for w in self._workers if w.ready and w.inflight]
         deadlines += [w.spawned_at + START_TIMEOUT_S for w in self._workers if not w.ready]
         return max(0.0, min(deadlines) - now) if deadlines else None
 
@@ -243,7 +274,7 @@ class VerifierPool:
                 self.counters["worker_died"] += 1
                 logger.warning("grading worker %s exited (code %s); replacing it", w.process.pid, w.process.exitcode)
                 grades += self._replace(w, VerdictStatus.ERROR)
-            elif w.ready and w.inflight and now - w.head_started > self.hard_timeout_s:
+            elif w.ready and w.inflight and now - w.started() > self.hard_timeout_s:
                 self.counters["killed_timeout"] += 1
                 logger.warning("grading worker %s passed the hard limit of %.1fs on one item; replacing it",
                                w.process.pid, self.hard_timeout_s)
@@ -261,20 +292,20 @@ class VerifierPool:
             return False
         return True
 
-    def _handle(self, w: _Worker, message: tuple, grades: list[Grade]) -> None:
-        if message[0] == READY:
+    def _handle(self, w: _Worker, message: tuple | list, grades: list[Grade]) -> None:
+        w.heard = time.monotonic()
+        if isinstance(message, tuple) and message[0] == READY:
             w.ready = True
             self._start_failures = 0
             return
-        seq, status, correct, extracted, seconds = message
-        if not w.inflight or w.inflight[0][0] != seq:  # cannot happen: workers answer in order
-            logger.error("grading worker %s answered item %s out of order; ignored", w.process.pid, seq)
-            return
-        _, item = w.inflight.popleft()
-        w.head_started = time.monotonic()
-        grades.append(make_grade(item.key, VerdictStatus(status), correct, extracted, seconds))
-        if status == VerdictStatus.TIMEOUT.value:
-            w.retiring = True
+        for seq, status, correct, extracted, seconds in message:
+            if not w.inflight or w.inflight[0][0] != seq:  # cannot happen: workers answer in order
+                logger.error("grading worker %s answered item %s out of order; ignored", w.process.pid, seq)
+                continue
+            _, item = w.inflight.popleft()
+            grades.append(make_grade(item.key, VerdictStatus(status), correct, extracted, seconds))
+            if status == VerdictStatus.TIMEOUT.value:
+                w.retiring = True
 
 
 def _candidate(item: GradeItem, config: VerifierConfig) -> str | None:

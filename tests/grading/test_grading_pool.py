@@ -144,19 +144,39 @@ def test_a_worker_that_stops_answering_is_killed_at_the_hard_limit():
     assert time.monotonic() - started < 20
 
 
-def test_a_killed_worker_is_replaced_and_only_its_item_is_lost():
-    # SIGKILL while the worker grades the tower: what the kernel's OOM killer would do
-    items = [GradeItem("tower", "3", POWER_TOWER)] + normal_items(5)
-    with VerifierPool(VerifierConfig(workers=1, timeout_s=30.0)) as pool:
+def grade_killing_the_worker(items: list[GradeItem], after_s: float, config: VerifierConfig) -> dict:
+    """Grade `items` on a one-worker pool whose worker gets SIGKILL (what the kernel's OOM killer
+    sends) `after_s` into the run; the grades by key. Asserts the death was counted once."""
+    with VerifierPool(config) as pool:
         (pid,) = pool.worker_pids()
-        killer = threading.Timer(0.3, os.kill, (pid, signal.SIGKILL))
+        killer = threading.Timer(after_s, os.kill, (pid, signal.SIGKILL))
         killer.start()
         results = {g.key: g for g in pool.grade(items)}
         killer.join()
         assert pool.counters["worker_died"] == 1
+    return results
+
+
+def test_a_killed_worker_is_replaced_and_only_its_item_is_lost():
+    # SIGKILL while the worker grades the tower
+    items = [GradeItem("tower", "3", POWER_TOWER)] + normal_items(5)
+    results = grade_killing_the_worker(items, 0.3, VerifierConfig(workers=1, timeout_s=30.0))
     tower = results.pop("tower")
     assert (tower.status, tower.correct, tower.reward) == (VerdictStatus.ERROR, None, None)
     assert sorted(results) == [f"n{i}" for i in range(5)] and all(g.correct for g in results.values())
+
+
+def test_a_killed_worker_loses_only_its_item_not_the_results_it_held():
+    # The worker sends results in groups: the three items before the tower are done but not yet
+    # sent when the kill comes. The worker's shared progress names the tower as the item it was
+    # grading, so only the tower is lost; the three are graded again by the fresh worker.
+    items = normal_items(3, "held") + [GradeItem("tower", "3", POWER_TOWER)] + normal_items(3, "queued")
+    results = grade_killing_the_worker(items, 0.5, VerifierConfig(workers=1, timeout_s=30.0, queue_depth=8))
+    tower = results.pop("tower")
+    assert (tower.status, tower.correct) == (VerdictStatus.ERROR, None)
+    assert 0.4 <= tower.seconds < 5.0  # timed from when the worker started the tower
+    assert sorted(results) == [f"held{i}" for i in range(3)] + [f"queued{i}" for i in range(3)]
+    assert all(g.correct for g in results.values())
 
 
 def test_an_idle_worker_killed_between_runs_is_replaced():
