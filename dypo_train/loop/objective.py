@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -50,16 +51,17 @@ def collate(rows: list[Row], pad_id: int, device: torch.device | str = "cpu") ->
     p = max(len(r.seq.prompt_ids) for r in rows)
     t = max(max(len(r.seq.completion_ids) for r in rows), 1)
     n = len(rows)
-    input_ids = torch.full((n, p + t), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, p + t), dtype=torch.long)
-    old = torch.zeros((n, t))
+    ids = np.full((n, p + t), pad_id, dtype=np.int64)  # filled in NumPy: a list into a slice, no tensor per row
+    mask = np.zeros((n, p + t), dtype=np.int64)
+    old_np = np.zeros((n, t), dtype=np.float32)
     for i, r in enumerate(rows):
         prompt, completion = r.seq.prompt_ids, r.seq.completion_ids
-        input_ids[i, p - len(prompt):p] = torch.tensor(prompt, dtype=torch.long)
-        input_ids[i, p:p + len(completion)] = torch.tensor(completion, dtype=torch.long)
-        attention[i, p - len(prompt):p + len(completion)] = 1
+        ids[i, p - len(prompt):p] = prompt
+        ids[i, p:p + len(completion)] = completion
+        mask[i, p - len(prompt):p + len(completion)] = 1
         if r.seq.old_logprobs is not None:
-            old[i, :len(completion)] = torch.tensor(r.seq.old_logprobs)
+            old_np[i, :len(completion)] = r.seq.old_logprobs
+    input_ids, attention, old = torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(old_np)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (N, P + T): left padding shifts positions
     completion_ids = input_ids[:, p:]  # (N, T)
     mask = attention[:, p:].float()  # (N, T)

@@ -101,6 +101,9 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
 
     def train(self, *, reporter: Reporter | None = None) -> list[dict[str, float]]:
+        plan_ahead = getattr(self.source, "plan_ahead", None)  # sources that read ahead also plan ahead
+        if plan_ahead is not None:
+            plan_ahead(self.plan)
         total = self.source.total_steps()
         store_metrics = StoreMetrics(Path(self.cfg.data.store), self.run_id) if self.acc.is_main_process else None
         reporter = reporter if reporter is not None and self.acc.is_main_process else (LogReporter() if self.acc.is_main_process else None)
@@ -174,12 +177,19 @@ class Trainer:
     def gate_at(self, step: int) -> str:
         return "sft" if step < self.cfg.run.sft_steps else self.cfg.loss.gate
 
+    def plan(self, step: int, groups: list[PromptGroup]) -> StepPlan:
+        """Phase 2 of step `step`: a pure function of the groups, the step and the config (a source may run it
+        ahead, in its reader thread, while the previous step trains: `plan_ahead`)."""
+        cfg = self.cfg
+        return plan_step(groups, step=step, gate=self.gate_at(step), loss=cfg.loss, tokenizer=self.setup.tokenizer,
+                         max_completion_tokens=cfg.data.max_completion_tokens, seed=cfg.data.seed,
+                         buffer_sft=cfg.optim.sft_buffer > 0, max_prompt_tokens=cfg.data.max_prompt_tokens)
+
     def train_step(self, step: int, groups: list[PromptGroup]) -> StepResult:
         cfg = self.cfg
         buffer_sft = cfg.optim.sft_buffer > 0
-        plan = plan_step(groups, step=step, gate=self.gate_at(step), loss=cfg.loss, tokenizer=self.setup.tokenizer,
-                         max_completion_tokens=cfg.data.max_completion_tokens, seed=cfg.data.seed, buffer_sft=buffer_sft,
-                         max_prompt_tokens=cfg.data.max_prompt_tokens)
+        ahead = getattr(self.source, "planned", None)  # a plan the source made of exactly these groups, if any
+        plan = (ahead(step, groups) if ahead is not None else None) or self.plan(step, groups)
         metrics = dict(plan.counts)
         started = time.perf_counter()
         sums, tokens = self._update(plan.rows, self.setup.optimizer, self.setup.scheduler, metrics)

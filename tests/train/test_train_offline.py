@@ -391,3 +391,26 @@ def test_a_full_tmpdir_is_one_line_naming_it(store, tiny_model_dir, tmp_path):
         assert list(mnt.iterdir()) == []  # the partial working set is removed
     finally:
         subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
+
+
+def test_the_reader_thread_plans_the_step_it_read(store, tiny_model_dir, tmp_path):
+    """The offline source plans each step in its reader thread (off the critical path) and hands that plan over
+    only for the step and the very groups it was made of."""
+    import threading
+
+    from dypo_train.loop.offline import OfflineSource
+    from dypo_train.recipes import resolve
+
+    cfg = resolve("dypo", overrides=sets(store, tiny_model_dir, tmp_path, "ahead"))
+    source = OfflineSource(cfg)
+    try:
+        source.plan_ahead(lambda step, groups: (step, threading.current_thread().name, [g.group_id for g in groups]))
+        first, _ = source.groups(0)
+        step, thread, units = source.planned(0, first)
+        assert step == 0 and units == [g.group_id for g in first] and len(units) == PROMPTS_PER_STEP
+        assert thread.startswith("store-reader") and thread != threading.current_thread().name
+        assert source.planned(1, first) is None and source.planned(0, list(first)) is None
+        second, _ = source.groups(1)  # read (and planned) while step 0 was being used
+        assert source.planned(1, second)[0] == 1 and source.planned(0, first) is None
+    finally:
+        source.close()
