@@ -160,13 +160,13 @@ def _mapped(path: Path) -> pa.Table:
 
 
 class WorkingDir:
-    """A temporary directory removed on `close()` or, failing that, when the process ends."""
+    """A temporary directory of this process alone, removed on `close()` or, failing that, when the process ends."""
+
+    ready = False  # it starts empty: the process builds it
 
     def __init__(self) -> None:
         self.path = Path(tempfile.mkdtemp(prefix="dypo-working-set-"))
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
-
-    ready = False  # a private directory starts empty
 
     def mark_ready(self) -> None:
         pass
