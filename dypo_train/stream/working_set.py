@@ -159,22 +159,6 @@ def _mapped(path: Path) -> pa.Table:
     return ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
-class WorkingDir:
-    """A temporary directory of this process alone, removed on `close()` or, failing that, when the process ends."""
-
-    ready = False  # it starts empty: the process builds it
-
-    def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="dypo-working-set-"))
-        self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
-
-    def mark_ready(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self._finalizer()
-
-
 class SharedWorkingDir:
     """A working-set directory named by `key` (what it holds), shared by every process of this user
     that opens the same key; see the module docstring.
@@ -257,12 +241,12 @@ def list_values(column: pa.ChunkedArray) -> list[list | None]:
 class RunRows:
     """The rows of a planned run (see the module docstring): rollouts, prompts and teacher pool by unit."""
 
-    def __init__(self, con, *, units: list[str], unit_kind: str, teachers: list[str], share: bool = True) -> None:
+    def __init__(self, con, *, units: list[str], unit_kind: str, teachers: list[str]) -> None:
         """Locate and copy the rows of `units` through `con` (a store connection, see dypo_data.store.connect),
-        or map those another process copied (`share`: see the module docstring)."""
+        or map those another process copied for the same key (see the module docstring)."""
         self.unit_kind = unit_kind
         self.rows_read = 0  # rows taken from the working set so far (what a step costs)
-        self.dir = SharedWorkingDir(_share_key(con, units, unit_kind, teachers)) if share else WorkingDir()
+        self.dir = SharedWorkingDir(_share_key(con, units, unit_kind, teachers))
         self.built = not self.dir.ready  # this process copied the rows (else it maps another's copy)
         try:
             if self.built:
@@ -304,8 +288,8 @@ class RunRows:
         self.teachers = load(path / "teachers.arrow", "prompt_id")
 
     def _discard(self) -> None:
-        """After a failure: let go of the directory; a build's own (not ready, held exclusively) is removed with
-        what it wrote, and a process waiting for it then builds it afresh."""
+        """After a failure: let go of the directory; one this process was building (not ready, held exclusively)
+        is removed with what it wrote, and a process waiting for it then builds it afresh."""
         self.dir.close()
 
     def _take(self, rows: RowFile, keys: list[str]) -> pa.Table:
