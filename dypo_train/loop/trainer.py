@@ -189,7 +189,9 @@ class Trainer:
         cfg = self.cfg
         buffer_sft = cfg.optim.sft_buffer > 0
         ahead = getattr(self.source, "planned", None)  # a plan the source made of exactly these groups, if any
-        plan = (ahead(step, groups) if ahead is not None else None) or self.plan(step, groups)
+        plan = ahead(step, groups) if ahead is not None else None
+        if plan is None:
+            plan = self.plan(step, groups)
         metrics = dict(plan.counts)
         started = time.perf_counter()
         sums, tokens = self._update(plan.rows, self.setup.optimizer, self.setup.scheduler, metrics)
