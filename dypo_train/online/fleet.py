@@ -52,21 +52,18 @@ class ServerFleet:
 
         from dypo_data.backends.openai_server import OpenAIBackend
 
-        if weight_transfer != "shared_path":  # before any server is contacted
-            from dypo_train.online.devices import require_cuda
-
-            require_cuda(weight_transfer)
         self.spec, self.seed = spec, seed
+        self.dtype = getattr(torch, _DTYPES[spec.dtype])
+        # first: building a transport contacts no server, and nccl / ipc without CUDA are refused there
+        self.transport = make_transport(weight_transfer, base_urls, weight_dir=weight_dir, dtype=self.dtype,
+                                        timeout_s=timeout_s, bucket_bytes=bucket_bytes, nccl_address=nccl_address,
+                                        nccl_port=nccl_port)
         self.client = OpenAIBackend(spec, base_urls=list(base_urls), timeout_s=timeout_s, max_retries=max_retries,
                                     cooldown_s=cooldown_s)
         if self.client.served_model != spec.name:
             raise ConfigError(f"the servers at {', '.join(base_urls)} serve model {self.client.served_model!r}, not the policy "
                               f"{spec.name!r}", "start them on the policy with --served-model-name set to model.name "
                               "(dypo-train serve-rollouts does)")
-        self.dtype = getattr(torch, _DTYPES[spec.dtype])
-        self.transport = make_transport(weight_transfer, base_urls, weight_dir=weight_dir, dtype=self.dtype,
-                                        timeout_s=timeout_s, bucket_bytes=bucket_bytes, nccl_address=nccl_address,
-                                        nccl_port=nccl_port)
         self.weight_shapes = checkpoint_shapes(spec.path)
         self.version: int | None = None  # the policy version every server should hold
         self.start_seconds = 0.0
